@@ -1,0 +1,96 @@
+"""Metrics for SREs, through the OTel metrics API: finished sections, their duration, and the
+age of the last progress report per task name (a stuck span never ends, so alerts need this).
+
+Labels are low-cardinality only (task name, section name, status) and capped: past
+``MAX_LABEL_VALUES`` distinct values a label reads ``other``. Never task ids.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+
+from otel_progress import _attributes as A
+from otel_progress._safety import guarded
+
+if TYPE_CHECKING:
+    from otel_progress._run import Run
+
+_lock = threading.Lock()
+_instruments: dict[str, Any] = {}
+_seen: dict[str, set[str]] = {A.LABEL_TASK_NAME: set(), A.LABEL_SECTION_NAME: set()}
+_running: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def _capped(label: str, value: str) -> str:
+    seen = _seen[label]
+    if value in seen:
+        return value
+    with _lock:
+        if len(seen) >= A.MAX_LABEL_VALUES:
+            return "other"
+        seen.add(value)
+    return value
+
+
+def _get() -> dict[str, Any]:
+    if not _instruments:
+        with _lock:
+            if not _instruments:
+                meter = metrics.get_meter("otel_progress")
+                _instruments["sections"] = meter.create_counter(
+                    A.METRIC_SECTIONS, unit="{section}", description="Finished sections by status."
+                )
+                _instruments["duration"] = meter.create_histogram(
+                    A.METRIC_SECTION_DURATION,
+                    unit="s",
+                    description="Wall time of finished sections.",
+                    explicit_bucket_boundaries_advisory=list(A.SECTION_DURATION_BUCKETS),
+                )
+                _instruments["age"] = meter.create_observable_gauge(
+                    A.METRIC_PROGRESS_AGE,
+                    callbacks=[_observe_age],
+                    unit="s",
+                    description="Largest time since a running run of this task reported progress.",
+                )
+    return _instruments
+
+
+@guarded()
+def record_section(task_name: str, section_name: str, status: str, duration_s: float) -> None:
+    """Count one finished section and record its duration."""
+    inst = _get()
+    labels = {
+        A.LABEL_TASK_NAME: _capped(A.LABEL_TASK_NAME, task_name),
+        A.LABEL_SECTION_NAME: _capped(A.LABEL_SECTION_NAME, section_name),
+        A.LABEL_STATUS: status,
+    }
+    inst["sections"].add(1, labels)
+    inst["duration"].record(max(duration_s, 0.0), labels)
+
+
+def track_running(run: Run) -> None:
+    """Include ``run`` in the progress-age gauge until it finishes."""
+    _get()
+    _running.add(run)
+
+
+def untrack(run: Run) -> None:
+    """Drop ``run`` from the progress-age gauge."""
+    _running.discard(run)
+
+
+def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    now = time.time()
+    worst: dict[str, float] = {}
+    for run in list(_running):
+        if run.finished:
+            continue
+        name = _capped(A.LABEL_TASK_NAME, run.task_name)
+        worst[name] = max(worst.get(name, 0.0), now - run.last_progress)
+    return [metrics.Observation(age, {A.LABEL_TASK_NAME: name}) for name, age in worst.items()]

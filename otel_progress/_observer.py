@@ -1,0 +1,253 @@
+"""Observer: mastf's progress observer for a bound Celery task, recorded as span data.
+
+Each call returns ``(state, meta)`` with mastf's meta keys, as mastf did, so existing task code
+and frontends keep working; underneath, the observer's span (the task's ``run/<task>`` span inside
+Celery, else one it opens on first use) gets the progress attributes and events, and the state
+bridge publishes the full payload at most once per interval instead of once per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Final
+
+from opentelemetry.trace import Status, StatusCode
+
+from otel_progress import _attributes as A
+from otel_progress import _bridge
+from otel_progress._run import Run
+from otel_progress._safety import (
+    MAX_MESSAGE,
+    as_number,
+    exception_text,
+    format_message,
+    internal_error,
+    safe_str,
+    type_name,
+)
+
+PROGRESS: Final = "PROGRESS"
+SUCCESS: Final = "SUCCESS"
+FAILURE: Final = "FAILURE"
+_TERMINAL: Final = frozenset({SUCCESS, FAILURE})
+_module_logger: Final = logging.getLogger("otel_progress")
+
+
+class Observer:
+    """Observe a Celery task's progress (mastf API); ``Observer(None)`` is a no-op sink.
+
+    ::
+
+        @shared_task(bind=True)
+        def scan(self):
+            observer = Observer(self)
+            observer.update("Some information...", current=34)
+            status, meta = observer.success("Finished task!")
+            return meta
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        position: int | float = 0,
+        *,
+        logger: logging.Logger | None = None,
+        include_traceback: bool = False,
+    ) -> None:
+        if isinstance(position, bool) or not isinstance(position, (int, float)):
+            raise TypeError(f"position must be a number, not {type(position).__name__}")
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError("logger must be a logging.Logger")
+        self._task = task
+        self._pos: int | float = 0
+        self.pos = position
+        self._logger = logger or _module_logger
+        self._include_traceback = include_traceback
+        self._run: Run | None = None
+        self._last_msg: str | None = None
+
+    @property
+    def task(self) -> Any:
+        """The observed task."""
+        return self._task
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Logger for terminal calls (mastf logged them)."""
+        return self._logger
+
+    @logger.setter
+    def logger(self, value: logging.Logger) -> None:
+        self._logger = value
+
+    @property
+    def pos(self) -> int | float:
+        """The current position (items done); never negative."""
+        return self._pos
+
+    @pos.setter
+    def pos(self, value: object) -> None:
+        num = as_number(value, "Observer.pos")
+        if num is not None:
+            self._pos = num if num >= 0 else 0
+
+    def increment(self, val: int | float = 1) -> int | float:
+        """Add ``val`` to the position and return it."""
+        num = as_number(val, "Observer.increment")
+        if num is not None:
+            self._pos = max(self._pos + num, 0)
+        return self._pos
+
+    @property
+    def run(self) -> Run:
+        """The run this observer reports to (created on first use)."""
+        run = self._run
+        if run is None:
+            run = self._run = _bridge.run_for_current_task(
+                observed_task=self._task, include_traceback=self._include_traceback
+            )
+        return run
+
+    def update(
+        self,
+        msg: object,
+        *args: object,
+        current: int | float | None = None,
+        increment: bool = True,
+        step: int | float = 1,
+        total: int | float = 100,
+        state: str = PROGRESS,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Report progress; returns ``(state, meta)`` with mastf's keys.
+
+        ``msg % args`` is applied only when args are given, so a literal ``%`` is fine.
+        Percent is ``current / total`` clamped to 0..100.
+        """
+        try:
+            if total.__class__ is not int or total <= 0:
+                num = as_number(total, "Observer.update(total=)")
+                total = abs(num) if num else 100
+            if current is None:
+                if increment:
+                    if step.__class__ is int and step > 0:
+                        self._pos += step
+                    else:
+                        num = as_number(step, "Observer.update(step=)")
+                        self._pos += abs(num) if num else 1
+            else:
+                self.pos = current
+            cur = self._pos
+            percent = cur * 100.0 / total
+            percent = 100.0 if percent > 100.0 else round(percent, 2)
+            if args or not isinstance(msg, str) or len(msg) > MAX_MESSAGE:
+                text = format_message(msg, args)
+            else:
+                text = msg
+            data: dict[str, Any] = {
+                "pending": False,
+                "description": text,
+                "current": cur,
+                "total": total,
+                "percent": percent,
+            }
+            run = self._run or self.run
+            if meta and isinstance(meta, dict):
+                data.update(meta)
+                if state not in _TERMINAL:
+                    run.extra = {safe_str(k, 200): v for k, v in list(meta.items())[:50]}
+            node = run.node
+            node.current = cur
+            node.total = total
+            run.description = text
+            run.last_progress = time.time()
+            if state not in _TERMINAL:
+                run.celery_state = state if state.__class__ is str else PROGRESS
+            if text != self._last_msg:
+                self._last_msg = text
+                self._event(run, text, percent, cur, total)
+            return state, data
+        except Exception as exc:
+            internal_error("Observer.update", exc)
+            return state, {"pending": False, "description": safe_str(msg), "current": self._pos,
+                           "total": 100, "percent": 0.0}
+
+    def success(self, msg: object = "", *args: object) -> tuple[str, dict[str, Any]]:
+        """The task succeeded: 100 %, state ``SUCCESS`` (the span is not marked OK unless
+        otel_progress opened it)."""
+        state, data = self.update(msg, *args, current=100, total=100, state=SUCCESS)
+        self._finish("succeeded", None, data["description"], logging.INFO)
+        return state, data
+
+    def fail(
+        self, msg: object, *args: object, exc_type: type[BaseException] = RuntimeError
+    ) -> tuple[str, dict[str, Any]]:
+        """The task failed without an exception object: state ``FAILURE``, span ERROR."""
+        text = format_message(msg, args)
+        name = getattr(exc_type, "__name__", None) or "RuntimeError"
+        state, data = self.update(
+            text, current=100, total=100, state=FAILURE,
+            meta={"exc_type": safe_str(name, 200), "exc_message": text},
+        )
+        self._finish("failed", None, text, logging.WARNING, exc_type=exc_type)
+        return state, data
+
+    def exception(
+        self, err: BaseException, msg: object = "", *args: object
+    ) -> tuple[str, dict[str, Any]]:
+        """The task failed with ``err``: state ``FAILURE``, exception recorded, span ERROR."""
+        message = exception_text(err) if isinstance(err, BaseException) else safe_str(err)
+        state, data = self.update(
+            msg, *args, current=100, total=100, state=FAILURE,
+            meta={"exc_type": type(err).__name__, "exc_message": message},
+        )
+        self._finish("failed", err if isinstance(err, BaseException) else None,
+                     message, logging.ERROR)
+        return state, data
+
+    # --- internals -----------------------------------------------------------------------------
+    def _event(self, run: Run, text: str, percent: float, cur: int | float,
+               total: int | float) -> None:
+        span = run.node.span
+        if span.is_recording():
+            name = safe_str(text)
+            span.add_event(name or "progress", {A.PERCENT: percent, A.CURRENT: cur, A.TOTAL: total})
+            span.set_attributes({A.PERCENT: percent, A.CURRENT: cur, A.TOTAL: total})
+
+    def _finish(
+        self,
+        outcome: str,
+        err: BaseException | None,
+        text: str,
+        level: int,
+        exc_type: type[BaseException] | None = None,
+    ) -> None:
+        try:
+            run = self.run
+            if outcome == "failed":
+                run.failed = True
+                if err is not None:
+                    run._remember_exception(err)
+                    run.exc_message = exception_text(err)
+                else:
+                    run.exc_type = safe_str(getattr(exc_type, "__name__", "RuntimeError"), 200)
+                    run.exc_message = text
+                span = run.node.span
+                if span.is_recording():
+                    recorded = err
+                    if recorded is None and exc_type is not None:
+                        try:
+                            recorded = exc_type(text)
+                        except Exception:
+                            recorded = RuntimeError(text)
+                    if recorded is not None:
+                        span.record_exception(recorded)
+                        span.set_attribute(A.ERROR_TYPE, type_name(recorded))
+                    span.set_status(Status(StatusCode.ERROR, text))
+            run.finish(outcome=outcome, final_line=False)  # type: ignore[arg-type]
+            _bridge.request_flush(run)
+            if text:
+                self._logger.log(level, "%s", text)
+        except Exception as exc:
+            internal_error("Observer.finish", exc)

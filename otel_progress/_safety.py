@@ -1,0 +1,212 @@
+"""Telemetry never breaks the task it observes: clamps, safe text, and the internal-error guard.
+
+Every public entry point that runs inside a user's task goes through :func:`guarded` or uses the
+clamps below. Internal errors are logged once per call site and swallowed, except in strict mode
+(``otel_progress.testing.strict()``, the test suite's default) where they are re-raised so bugs
+are not hidden.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import numbers
+import threading
+from collections.abc import Callable
+from typing import Any, Final, ParamSpec, TypeVar
+
+logger: Final = logging.getLogger("otel_progress")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_strict = False
+_logged_sites: set[str] = set()
+_logged_lock = threading.Lock()
+
+MAX_MESSAGE: Final = 1000
+"""Characters kept of a message (event name, log line, payload description)."""
+MAX_NAME: Final = 200
+"""Characters kept of a section name in the payload tree."""
+MAX_ATTRIBUTE_TEXT: Final = 4096
+"""Characters kept of a caller's string attribute value (the SDK's SpanLimits cap it again)."""
+MAX_NUMBER: Final = 1e15
+"""Largest magnitude kept for current/total; larger values are clamped (JSON-safe, exact)."""
+
+
+def set_strict(value: bool) -> None:
+    """Re-raise internal errors instead of logging them (tests)."""
+    global _strict
+    _strict = value
+
+
+def is_strict() -> bool:
+    """Whether internal errors are re-raised."""
+    return _strict
+
+
+def log_once(site: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+    """Log ``message`` the first time ``site`` reports, so a hot loop cannot flood the log."""
+    with _logged_lock:
+        if site in _logged_sites:
+            return
+        if len(_logged_sites) > 10_000:  # bounded: sites are mostly static strings
+            _logged_sites.clear()
+        _logged_sites.add(site)
+    logger.log(level, message, *args)
+
+
+def internal_error(site: str, exc: BaseException) -> None:
+    """Report an internal error: re-raise in strict mode, else log it once per site."""
+    if _strict:
+        raise exc
+    with _logged_lock:
+        first = site not in _logged_sites
+        _logged_sites.add(site)
+    if first:
+        logger.warning("otel_progress internal error in %s (ignored)", site, exc_info=exc)
+
+
+def guarded(default: Any = None) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate an internal entry point so an error inside it never reaches user code."""
+
+    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        site = func.__qualname__
+
+        @functools.wraps(func)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                internal_error(site, exc)
+                return default  # type: ignore[no-any-return]
+
+        return wrapper
+
+    return decorate
+
+
+def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:
+    """``str(value)`` that never raises, strips invalid surrogates and is capped at ``limit``."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = str(value)
+        except Exception:
+            try:
+                text = object.__repr__(value)
+            except Exception:  # pragma: no cover - object.__repr__ does not fail in CPython
+                text = "<unprintable>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def exception_text(exc: BaseException) -> str:
+    """The exception's message, even when its ``__str__`` raises."""
+    try:
+        return safe_str(str(exc))
+    except Exception:
+        return f"<unprintable {type_name(exc)}>"
+
+
+def exception_class_line(exc: BaseException) -> str:
+    """The seed log's error line: ``<class 'ZeroDivisionError'>: division by zero``."""
+    return f"{safe_str(type(exc))}: {exception_text(exc)}"
+
+
+def type_name(exc: BaseException) -> str:
+    """Qualified type name for ``error.type`` (builtins stay short: ``ZeroDivisionError``)."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", "") or ""
+    if module in ("builtins", "__main__", ""):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def format_message(msg: object, args: tuple[object, ...]) -> str:
+    """``msg % args`` like logging does: a literal ``%`` without args is kept as is."""
+    text = safe_str(msg, MAX_MESSAGE * 4)
+    if args:
+        try:
+            text = text % args
+        except Exception:
+            text = " ".join([text, *(safe_str(a) for a in args)])
+    return safe_str(text)
+
+
+def as_number(value: object, site: str) -> float | int | None:
+    """A finite number from ``value``, or None (logged once) when it is not one.
+
+    ``bool`` is refused (``True`` is almost always a bug, not 1 item); ``Decimal``/``Fraction``
+    and numeric strings are accepted; infinities and NaN are refused; magnitudes are clamped.
+    """
+    if value is None:
+        return None
+    cls = value.__class__
+    if cls is int:
+        num: float | int = value  # type: ignore[assignment]
+        if -MAX_NUMBER <= num <= MAX_NUMBER:
+            return num
+        return int(math.copysign(MAX_NUMBER, num))
+    if cls is bool:
+        log_once(f"{site}:bool", "otel_progress: %s got a bool, ignored", site)
+        return None
+    try:
+        if isinstance(value, numbers.Real):
+            num = float(value)
+        elif isinstance(value, str):
+            num = float(value.strip())
+        else:
+            raise TypeError(type(value).__name__)
+    except (TypeError, ValueError, OverflowError):
+        log_once(f"{site}:type", "otel_progress: %s got %r, not a number: ignored", site,
+                 safe_str(value, 80))
+        return None
+    if math.isnan(num):
+        log_once(f"{site}:nan", "otel_progress: %s got NaN: ignored", site)
+        return None
+    if math.isinf(num) or abs(num) > MAX_NUMBER:
+        log_once(f"{site}:inf", "otel_progress: %s got %r: clamped", site, num)
+        num = math.copysign(MAX_NUMBER, num)
+    if isinstance(num, float) and num.is_integer() and isinstance(value, numbers.Integral):
+        return int(num)
+    return num
+
+
+def clamp_percent(value: float) -> float:
+    """Clamp to 0..100 (NaN never gets here: :func:`as_number` refuses it)."""
+    if value < 0.0:
+        return 0.0
+    if value > 100.0:
+        return 100.0
+    return float(value)
+
+
+AttrValue = str | bool | int | float
+
+
+def attribute_value(value: object) -> AttrValue | list[str] | list[bool] | list[int] | list[float]:
+    """Turn a caller's attribute value into one OTel accepts (others become capped text)."""
+    cls = value.__class__
+    if cls is str:
+        return safe_str(value, MAX_ATTRIBUTE_TEXT)
+    if cls is bool or cls is int:
+        if cls is int and not (-(2**63) <= value < 2**63):  # type: ignore[operator]
+            return safe_str(value, MAX_ATTRIBUTE_TEXT)
+        return value  # type: ignore[return-value]
+    if cls is float:
+        return value  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)) and value:
+        first = value[0].__class__
+        if first in (str, bool, int, float) and all(v.__class__ is first for v in value):
+            if first is str:
+                return [safe_str(v, MAX_ATTRIBUTE_TEXT) for v in value[:128]]
+            return list(value[:128])
+    return safe_str(value, MAX_ATTRIBUTE_TEXT)

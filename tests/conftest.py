@@ -1,0 +1,35 @@
+"""Shared fixtures: strict mode on (internal errors raise), an in-memory span capture, and the
+real-process fixtures (Redis, Celery workers, OTLP receivers) from tests/support."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from otel_progress import _bridge
+from otel_progress.testing import SpanCapture, capture_spans, set_strict
+
+pytest_plugins = ["tests.support.redis_server", "tests.support.celery_worker"]
+
+
+@pytest.fixture(autouse=True)
+def _strict_mode() -> Iterator[None]:
+    """Internal errors raise in tests, so a telemetry bug cannot hide behind the guard."""
+    set_strict(True)
+    yield
+    set_strict(False)
+
+
+@pytest.fixture(autouse=True)
+def _fast_flusher() -> Iterator[None]:
+    """Restore the default write interval after tests that change it."""
+    yield
+    _bridge.set_min_interval(_bridge.DEFAULT_MIN_INTERVAL)
+
+
+@pytest.fixture
+def spans() -> Iterator[SpanCapture]:
+    """Finished spans of the test, in memory."""
+    with capture_spans() as capture:
+        yield capture
