@@ -112,7 +112,8 @@ def run_for_current_task(
                 include_traceback=include_traceback,
             )
             _runs_by_task[info.task_id] = run
-        publisher_for(run, _CelerySink(info.task, info.task_id))
+        if _has_result_backend(info.task):
+            publisher_for(run, _CelerySink(info.task, info.task_id))
         return run
     name = safe_str(task_name) if task_name is not None else _default_name(observed_task)
     run = Run(
@@ -124,6 +125,16 @@ def run_for_current_task(
     if observed_task is not None and callable(getattr(observed_task, "update_state", None)):
         publisher_for(run, _DuckSink(observed_task))
     return run
+
+
+def _has_result_backend(task: Any) -> bool:
+    """False for Celery's DisabledBackend (no ``result_backend`` configured): nowhere to write."""
+    try:
+        from celery.backends.base import DisabledBackend
+
+        return not isinstance(task.backend, DisabledBackend)
+    except Exception:
+        return True
 
 
 def _default_name(observed_task: Any) -> str:

@@ -16,7 +16,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from otel_progress import _attributes as A
 from otel_progress import _bridge
-from otel_progress._run import Run
+from otel_progress._run import Run, record_exception
 from otel_progress._safety import (
     MAX_MESSAGE,
     as_number,
@@ -242,7 +242,7 @@ class Observer:
                         except Exception:
                             recorded = RuntimeError(text)
                     if recorded is not None:
-                        span.record_exception(recorded)
+                        record_exception(span, recorded)
                         span.set_attribute(A.ERROR_TYPE, type_name(recorded))
                     span.set_status(Status(StatusCode.ERROR, text))
             run.finish(outcome=outcome, final_line=False)  # type: ignore[arg-type]

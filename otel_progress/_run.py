@@ -90,6 +90,25 @@ def is_control_flow(exc: BaseException) -> bool:
     return not isinstance(exc, Exception) or isinstance(exc, CONTROL_FLOW)
 
 
+def record_exception(span: Span, exc: BaseException) -> None:
+    """``span.record_exception`` that survives exceptions whose ``__str__`` raises."""
+    try:
+        span.record_exception(exc, escaped=True)
+    except Exception:
+        import traceback
+
+        try:
+            stack = "".join(traceback.format_tb(exc.__traceback__))
+        except Exception:
+            stack = ""
+        span.add_event("exception", {
+            "exception.type": type_name(exc),
+            "exception.message": exception_text(exc),
+            "exception.stacktrace": stack,
+            "exception.escaped": "True",
+        })
+
+
 class Node:
     """A section (or the run itself, depth 0): counters on the hot path, the rest at close."""
 
@@ -290,12 +309,12 @@ class Run:
             span.set_attribute(A.SECTION_STATE, node.state)
             if is_error:
                 assert exc is not None
-                span.record_exception(exc, escaped=True)
+                record_exception(span, exc)
                 span.set_attribute(A.ERROR_TYPE, type_name(exc))
                 span.set_status(Status(StatusCode.ERROR, node.error))
             elif node.interrupted is not None:
                 assert exc is not None
-                span.record_exception(exc, escaped=True)
+                record_exception(span, exc)
                 span.set_attribute(A.INTERRUPTED, node.interrupted)
         spent = _time_spent(end - node.start)
         with self.lock:

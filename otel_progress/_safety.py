@@ -113,7 +113,7 @@ def exception_text(exc: BaseException) -> str:
     try:
         return safe_str(str(exc))
     except Exception:
-        return f"<unprintable {type_name(exc)}>"
+        return f"<unprintable {type(exc).__name__}>"
 
 
 def exception_class_line(exc: BaseException) -> str:

@@ -1,0 +1,34 @@
+# One command per chore; CI (.ci/run) calls `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: demo test lint typecheck check-system bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed  ## the seed TaskUpdater example: its log, status API and span tree
+	$(VENV)/bin/otel-progress demo
+
+check-system:  ## the real servers the tests start: fail with the install command, never skip
+	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get update && apt-get install -y redis-server"; exit 1; }
+	@command -v promtool >/dev/null || { echo "promtool missing: apt-get update && apt-get install -y prometheus"; exit 1; }
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.installed check-system lint typecheck  ## lint, mypy --strict and the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m pytest benchmarks --benchmark-only -p no:xdist
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
