@@ -47,28 +47,36 @@ _task_call.__module__ = __name__  # how Celery's tracer recognises a monkey-patc
 
 
 def hook_installed() -> bool:
-    """Whether the task-end hook wraps ``Task.__call__``."""
-    return _original_call is not None
+    """Whether the task-end hook is the outermost ``Task.__call__``."""
+    from celery.app.task import Task
+
+    return Task.__dict__["__call__"] is _task_call
 
 
 def install_task_end_hook() -> None:
-    """Wrap ``celery.app.task.Task.__call__`` (idempotent)."""
+    """Make ``_task_call`` the outermost ``Task.__call__`` (idempotent).
+
+    A worker replaces ``Task.__call__`` with its "stack protection" wrapper before
+    ``worker_init`` and that wrapper calls ``task.run`` directly, bypassing what it wrapped; so
+    this runs again at ``worker_init`` and wraps whatever is in place then.
+    """
     global _original_call
-    if _original_call is not None:
-        return
     from celery.app.task import Task
 
-    _original_call = Task.__call__
+    current = Task.__dict__["__call__"]
+    if current is _task_call:
+        return
+    _original_call = current
     Task.__call__ = _task_call  # type: ignore[method-assign]
 
 
 def remove_task_end_hook() -> None:
     """Undo :func:`install_task_end_hook`."""
     global _original_call
-    if _original_call is None:
-        return
     from celery.app.task import Task
 
+    if _original_call is None or Task.__dict__["__call__"] is not _task_call:
+        return
     Task.__call__ = _original_call  # type: ignore[method-assign]
     _original_call = None
 

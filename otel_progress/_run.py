@@ -228,12 +228,12 @@ class Run:
         self.owns_span = not (celery_task_id is not None and current.is_recording())
         if self.owns_span:
             span = tracer.start_span(span_name or task_name, start_time=time.time_ns())
-            if span.is_recording():
-                span.set_attribute(A.TASK_UUID, task_uuid)
-                span.set_attribute(A.TASK_NAME, task_name)
             _open_runs.add(self)
         else:
             span = current
+        if span.is_recording():
+            span.set_attribute(A.TASK_UUID, task_uuid)
+            span.set_attribute(A.TASK_NAME, task_name)
         self.node = Node(task_name, None, span)
         _metrics.track_running(self)
 

@@ -1,0 +1,152 @@
+"""Celery app for the state-bridge tests: real workers start it with ``-A tests.apps.progress_app``.
+
+Broker/backend from ``OTEL_PROGRESS_TEST_REDIS_URL``; spans to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a
+receiver on 127.0.0.1) through ``configure()``; the bridge through ``ProgressInstrumentor``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery, shared_task
+
+from otel_progress import Observer, TaskUpdater, configure
+from otel_progress.celery import ProgressInstrumentor
+
+REDIS_URL_ENV = "OTEL_PROGRESS_TEST_REDIS_URL"
+
+app = Celery("progress_app")
+_url = os.environ.get(REDIS_URL_ENV)
+app.conf.update(
+    broker_url=_url or "memory://",
+    result_backend=_url or "cache+memory://",
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    task_routes={"progress_app.child": {"queue": "B"}},
+)
+
+if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    configure(service_name="progress-app-test", timeout=2)
+ProgressInstrumentor().instrument(
+    min_interval=float(os.environ.get("OTEL_PROGRESS_TEST_MIN_INTERVAL", "0.5"))
+)
+
+
+@shared_task(bind=True, name="progress_app.seed")
+def seed(self: Any, scale: float = 0.01) -> str:
+    """The TaskUpdater seed inside a Celery task (3 of 4 jobs, subtask 2 fails)."""
+    updater = TaskUpdater(verbose=1)
+    with updater(task_name="First part"):
+        time.sleep(1 * scale)
+        updater.notify("Some notification related to the task")
+    with updater(task_name="Second part"):
+        for i in (1, 2, 3):
+            with updater(task_name=f"My subtask {i}"):
+                time.sleep(scale)
+                if i == 2:
+                    1 / 0  # noqa: B018
+                updater.notify("Some notification related to the task")
+    updater.insert_final_update()
+    return "done"
+
+
+@shared_task(bind=True, name="progress_app.steps")
+def steps(self: Any, count: int, delay: float) -> int:
+    """Rising progress over count * delay seconds, for polling mid-task."""
+    updater = TaskUpdater()
+    with updater(task_name="work"):
+        for i in range(count):
+            updater.progress(current=i + 1, total=count)
+            time.sleep(delay)
+    updater.insert_final_update()
+    return count
+
+
+@shared_task(bind=True, name="progress_app.hot_loop")
+def hot_loop(self: Any, seconds: float) -> int:
+    """advance() as fast as possible for ``seconds``: the write budget test."""
+    updater = TaskUpdater()
+    n = 0
+    with updater(task_name="loop"):
+        updater.progress(total=1)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                updater.advance()
+            n += 1000
+    return n
+
+
+@shared_task(bind=True, name="progress_app.observer_fail")
+def observer_fail(self: Any) -> str:
+    """mastf's pattern: fail(...) then return the description (Celery says SUCCESS)."""
+    observer = Observer(self)
+    observer.update("checking", current=50)
+    _, meta = observer.fail("Test not passed")
+    return str(meta.get("description"))
+
+
+@shared_task(bind=True, name="progress_app.raises")
+def raises(self: Any) -> None:
+    """A section succeeds, then the task raises outside any section."""
+    updater = TaskUpdater()
+    with updater(task_name="ok part"):
+        pass
+    raise ValueError("task failed")
+
+
+@shared_task(bind=True, name="progress_app.raises_in_section")
+def raises_in_section(self: Any) -> None:
+    """The task fails inside a section that does not suppress."""
+    updater = TaskUpdater(suppress_exceptions=False)
+    with updater(task_name="bad part"):
+        raise KeyError("missing")
+
+
+@shared_task(bind=True, name="progress_app.fanout")
+def fanout(self: Any, n: int) -> list[str]:
+    """Queue A: fans out n children to queue B from inside a section."""
+    updater = TaskUpdater()
+    ids = []
+    with updater(task_name="fan out"):
+        for i in range(n):
+            ids.append(child.apply_async((i,)).id)
+    updater.insert_final_update()
+    return ids
+
+
+@shared_task(bind=True, name="progress_app.child")
+def child(self: Any, i: int) -> int:
+    """Queue B: a child with one section."""
+    updater = TaskUpdater()
+    with updater(task_name="child work"):
+        updater.progress(current=1, total=1)
+        time.sleep(0.05)
+    updater.insert_final_update()
+    return i
+
+
+@shared_task(bind=True, name="progress_app.sleepy")
+def sleepy(self: Any, seconds: float) -> str:
+    """A section that sleeps: SIGTERM (warm shutdown) lets it finish."""
+    updater = TaskUpdater()
+    with updater(task_name="sleeping"):
+        time.sleep(seconds)
+    return "slept"
+
+
+@shared_task(bind=True, name="progress_app.retrying", max_retries=1, default_retry_delay=0)
+def retrying(self: Any) -> str:
+    """Retries once from inside a section (Retry is control flow, not an error)."""
+    updater = TaskUpdater()
+    with updater(task_name=f"attempt {self.request.retries + 1}"):
+        if self.request.retries == 0:
+            raise self.retry(countdown=0)
+    updater.insert_final_update()
+    return "second try"

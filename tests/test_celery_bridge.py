@@ -1,0 +1,253 @@
+"""The Celery state bridge and connected trace trees, with real workers, Redis and OTLP/gRPC."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jsonschema
+import pytest
+from celery.result import AsyncResult
+
+from otel_progress import _attributes as A
+from otel_progress._payload import schema
+from otel_progress.celery import get_progress
+from tests.support.celery_worker import CeleryWorker
+from tests.support.otlp_receiver import OtlpGrpcReceiver, SpanRecord
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+APP = "tests.apps.progress_app"
+
+
+@pytest.fixture
+def app(redis_server: RedisServer) -> Any:
+    """The test app as the producer (this process) sees it, on this session's Redis."""
+    from tests.apps import progress_app
+
+    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+    return progress_app
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpGrpcReceiver]:
+    """A real OTLP/gRPC receiver on 127.0.0.1."""
+    with OtlpGrpcReceiver() as rec:
+        yield rec
+
+
+def _otel_env(receiver: OtlpGrpcReceiver, **extra: str) -> dict[str, str]:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def worker(celery_worker_factory: Callable[..., CeleryWorker],
+           receiver: OtlpGrpcReceiver) -> CeleryWorker:
+    """A prefork worker (-c 2) on the default queue, exporting to the receiver."""
+    return celery_worker_factory(APP, concurrency=2, queues=("celery",),
+                                 env=_otel_env(receiver, OTEL_PROGRESS_TEST_MIN_INTERVAL="0.2"))
+
+
+def _one(spans: list[SpanRecord], name: str) -> SpanRecord:
+    found = [s for s in spans if s.name == name]
+    assert 1 == len(found), f"{name}: {[s.name for s in spans]}"
+    return found[0]
+
+
+def _has(*names: str) -> Callable[[list[SpanRecord]], bool]:
+    return lambda spans: set(names) <= {s.name for s in spans}
+
+
+def test_sections_are_children_of_the_celery_run_span(
+        app: Any, worker: CeleryWorker, receiver: OtlpGrpcReceiver) -> None:
+    """run/<task> -> sections -> nested sections, one trace, statuses, events, attributes."""
+    assert "done" == app.seed.delay().get(timeout=30)
+    spans = receiver.wait_for_spans(_has("run/progress_app.seed", "My subtask 3"), timeout=20)
+    run = _one(spans, "run/progress_app.seed")
+    first, second = _one(spans, "First part"), _one(spans, "Second part")
+    subtasks = [_one(spans, f"My subtask {i}") for i in (1, 2, 3)]
+    assert [run.span_id, run.span_id] == [first.parent_span_id, second.parent_span_id]
+    assert [second.span_id] * 3 == [s.parent_span_id for s in subtasks]
+    assert {run.trace_id} == {s.trace_id for s in (first, second, *subtasks)}
+    assert ["UNSET", "ERROR", "UNSET"] == [s.status_code for s in subtasks]
+    assert ["exception"] == [e.name for e in subtasks[1].events]
+    assert ["Some notification related to the task"] == [e.name for e in first.events]
+    assert (1, "First part", "succeeded") == (
+        first.attributes[A.SECTION_DEPTH], first.attributes[A.SECTION_NAME],
+        first.attributes[A.SECTION_STATE])
+    assert (3, 4, 0) == (run.attributes[A.JOBS_FINISHED], run.attributes[A.JOBS_TOTAL],
+                         run.attributes[A.STATUS])
+    assert "progress-app-test" == run.resource["service.name"]
+
+
+def test_progress_is_seen_mid_task_rising_and_schema_valid(
+        app: Any, worker: CeleryWorker) -> None:
+    """Polling AsyncResult.info mid-task shows rising PROGRESS payloads valid against the schema."""
+    result = app.steps.delay(20, 0.1)
+    seen: list[float] = []
+    deadline = time.monotonic() + 30
+    while not result.ready() and time.monotonic() < deadline:
+        info = result.info
+        if result.state == "PROGRESS" and isinstance(info, dict):
+            jsonschema.validate(info, schema())
+            seen.append(info["percent"])
+        time.sleep(0.05)
+    assert 20 == result.get(timeout=10)
+    distinct = sorted(set(seen))
+    assert len(distinct) >= 3, seen
+    assert seen == sorted(seen), "percent went backwards"
+    final = get_progress(result.id, app=app.app)
+    assert final is not None
+    jsonschema.validate(final, schema())
+    assert ("succeeded", True, 1, 100.0) == (final["state"], final["finished"], final["status"],
+                                            final["percent"])
+
+
+def test_hot_loop_writes_at_most_once_per_interval(
+        app: Any, redis_server: RedisServer, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """100,000s of advance() calls in ~2 s make at most ~2 s / min_interval + a few writes."""
+    celery_worker_factory(APP, concurrency=1, queues=("celery",),
+                          env=_otel_env(receiver, OTEL_PROGRESS_TEST_MIN_INTERVAL="0.5"))
+    redis_server.reset_stats()
+    result = app.hot_loop.delay(2.0)
+    advances = result.get(timeout=30)
+    stats = redis_server.commandstats()
+    writes = stats.get("set", 0) + stats.get("setex", 0)
+    assert advances >= 100_000
+    # 2 s / 0.5 s = 4 progress writes, + queued + final payload + Celery's SUCCESS + slack 2
+    assert writes <= 2.0 / 0.5 + 5, stats
+
+
+def test_fail_then_return_stays_failed_for_the_frontend(app: Any, worker: CeleryWorker) -> None:
+    """mastf's fail(...) then return: Celery says SUCCESS, get_progress says failed."""
+    result = app.observer_fail.delay()
+    assert "Test not passed" == result.get(timeout=30)
+    assert "SUCCESS" == result.state
+    payload = get_progress(result.id, app=app.app)
+    assert payload is not None
+    assert ("failed", "RuntimeError", "Test not passed", 0) == (
+        payload["state"], payload["exc_type"], payload["exc_message"], payload["status"])
+
+
+def test_a_task_that_raises_is_error_with_the_exception_recorded_once(
+        app: Any, worker: CeleryWorker, receiver: OtlpGrpcReceiver) -> None:
+    """Raising outside sections: the run span is ERROR with one exception event; payload failed."""
+    result = app.raises.delay()
+    with pytest.raises(ValueError):
+        result.get(timeout=30)
+    spans = receiver.wait_for_spans(_has("run/progress_app.raises", "ok part"), timeout=20)
+    run = _one(spans, "run/progress_app.raises")
+    assert "ERROR" == run.status_code
+    assert 1 == sum(e.name == "exception" for e in run.events)
+    assert "UNSET" == _one(spans, "ok part").status_code
+    payload = get_progress(result.id, app=app.app)
+    assert payload is not None
+    assert ("failed", "ValueError", "task failed") == (
+        payload["state"], payload["exc_type"], payload["exc_message"])
+
+
+def test_failing_section_and_run_are_error_each_recording_once(
+        app: Any, worker: CeleryWorker, receiver: OtlpGrpcReceiver) -> None:
+    """Unsuppressed failure inside a section: ERROR on the section and on run/<task>."""
+    result = app.raises_in_section.delay()
+    with pytest.raises(KeyError):
+        result.get(timeout=30)
+    spans = receiver.wait_for_spans(_has("run/progress_app.raises_in_section", "bad part"),
+                                    timeout=20)
+    for name in ("run/progress_app.raises_in_section", "bad part"):
+        span = _one(spans, name)
+        assert "ERROR" == span.status_code, name
+        assert 1 == sum(e.name == "exception" for e in span.events), name
+
+
+def test_published_task_is_queued_before_any_worker_takes_it(app: Any) -> None:
+    """Right after apply_async, get_progress answers queued (not None/404)."""
+    result = app.sleepy.apply_async((0,), queue="nobody-listens")
+    payload = get_progress(result.id, app=app.app)
+    assert payload is not None
+    assert ("queued", True, "progress_app.sleepy") == (payload["state"], payload["pending"],
+                                                       payload["task_name"])
+    assert get_progress("never-tracked-id", app=app.app) is None
+
+
+def test_fan_out_to_another_worker_is_one_trace_and_parent_reports_children(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """Queue A fans out to queue B: one connected trace; the parent payload aggregates children."""
+    env = _otel_env(receiver, OTEL_PROGRESS_TEST_MIN_INTERVAL="0.2")
+    celery_worker_factory(APP, concurrency=2, queues=("celery",), name="a", env=env)
+    celery_worker_factory(APP, concurrency=2, queues=("B",), name="b", env=env)
+    ids = app.fanout.delay(3).get(timeout=30)
+    assert [0, 1, 2] == [AsyncResult(i, app=app.app).get(timeout=30) for i in ids]
+    spans = receiver.wait_for_spans(
+        lambda s: sum(x.name == "child work" for x in s) == 3
+        and any(x.name == "run/progress_app.fanout" for x in s), timeout=20)
+    parent_run = _one(spans, "run/progress_app.fanout")
+    fan = _one(spans, "fan out")
+    publishes = [s for s in spans if s.name == "apply_async/progress_app.child"]
+    child_runs = [s for s in spans if s.name == "run/progress_app.child"]
+    assert 3 == len(publishes) == len(child_runs)
+    assert {fan.span_id} == {p.parent_span_id for p in publishes}
+    assert {p.span_id for p in publishes} == {c.parent_span_id for c in child_runs}
+    assert {parent_run.trace_id} == {s.trace_id for s in spans
+                                     if s.name.endswith("child") or s.name == "child work"}
+    payload = get_progress(parent_run.attributes[A.TASK_UUID], app=app.app)
+    assert payload is not None
+    assert sorted(ids) == sorted(payload["children"])
+    summary = payload["children_progress"]
+    assert (3, 3, 0, 100.0) == (summary["total"], summary["finished"], summary["failed"],
+                                summary["percent"])
+
+
+def test_retry_is_not_an_error_and_the_run_continues(
+        app: Any, worker: CeleryWorker, receiver: OtlpGrpcReceiver) -> None:
+    """Retry inside a section: the section is not ERROR; the second attempt succeeds."""
+    result = app.retrying.delay()
+    assert "second try" == result.get(timeout=30)
+    spans = receiver.wait_for_spans(_has("attempt 1", "attempt 2"), timeout=20)
+    first = _one(spans, "attempt 1")
+    assert "UNSET" == first.status_code
+    assert "Retry" in str(first.attributes[A.INTERRUPTED])
+    payload = get_progress(result.id, app=app.app)
+    assert payload is not None
+    assert ("succeeded", 2) == (payload["state"], payload["attempt"])
+
+
+def test_sigterm_mid_task_still_delivers_the_spans(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """Warm shutdown (SIGTERM) during a task: it finishes and its spans are exported."""
+    worker = celery_worker_factory(APP, concurrency=1, queues=("celery",),
+                                   env=_otel_env(receiver, OTEL_BSP_SCHEDULE_DELAY="30000"))
+    result = app.sleepy.delay(1.5)
+    deadline = time.monotonic() + 10
+    while result.state == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.stop(sig=signal.SIGTERM, timeout=30)
+    assert "slept" == result.get(timeout=10)
+    spans = receiver.wait_for_spans(_has("run/progress_app.sleepy", "sleeping"), timeout=10)
+    assert "sleeping" in {s.name for s in spans}
+
+
+def test_recycled_children_flush_their_spans(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """--max-tasks-per-child 1: every task's spans arrive although each child exits after it."""
+    celery_worker_factory(APP, concurrency=1, queues=("celery",), max_tasks_per_child=1,
+                          env=_otel_env(receiver, OTEL_BSP_SCHEDULE_DELAY="30000"))
+    results = [app.steps.delay(2, 0.01) for _ in range(3)]
+    assert [2, 2, 2] == [r.get(timeout=30) for r in results]
+    spans = receiver.wait_for_spans(
+        lambda s: sum(x.name == "run/progress_app.steps" for x in s) == 3, timeout=20)
+    assert 3 == sum(s.name == "work" for s in spans)
