@@ -10,7 +10,6 @@ so Celery's own state and the task's return value are never altered.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -21,15 +20,22 @@ from typing import Any, Final
 
 from otel_progress._payload import FINAL_STATES, ProgressPayload
 from otel_progress._run import Run
-from otel_progress._safety import internal_error, logger, safe_str
+from otel_progress._safety import internal_error, log_once, logger, safe_str
 
 KEY_PREFIX: Final = "otel-progress-meta-"
 """Result-backend key prefix of the payload otel_progress owns (``<prefix><task id>``)."""
 DEFAULT_MIN_INTERVAL: Final = 0.5
-FINAL_TIMEOUT: Final = 10.0
+FINAL_TIMEOUT: Final = 5.0
 """Seconds the task end waits for its final write at most (a down backend must not hang it)."""
 
 _min_interval = DEFAULT_MIN_INTERVAL
+_send_events = False
+
+
+def set_send_events(enabled: bool) -> None:
+    """Also emit a Celery ``task-progress`` event with each progress write (Flower, monitors)."""
+    global _send_events
+    _send_events = bool(enabled)
 
 
 def set_min_interval(seconds: float) -> None:
@@ -176,6 +182,17 @@ class _CelerySink(_Sink):
 
     def progress(self, state: str, payload: ProgressPayload) -> None:
         self.task.update_state(task_id=self.task_id, state=state, meta=payload)
+        if _send_events:
+            self._send_event(payload)
+
+    def _send_event(self, payload: ProgressPayload) -> None:
+        """``task-progress`` with the payload: event consumers see progress without polling."""
+        try:
+            with self.task.app.events.default_dispatcher() as dispatcher:
+                dispatcher.send("task-progress", uuid=self.task_id, progress=payload)
+        except Exception as exc:
+            log_once("task-progress-event", "otel_progress: cannot send task-progress: %s",
+                     safe_str(exc, 200))
 
     def final(self, payload: ProgressPayload) -> None:
         backend = self.task.backend
@@ -415,30 +432,10 @@ def flush_all(timeout: float = 5.0) -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _runs_lock
+    _runs_lock = threading.Lock()  # a lock held by another thread at fork() stays held
     _flusher.reset_after_fork()
-    with _runs_lock:
-        _runs_by_task.clear()
+    _runs_by_task.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _silence_unused() -> None:  # pragma: no cover
-    _ = logging
-
-
-__all__ = [
-    "KEY_PREFIX",
-    "Publisher",
-    "current_celery_task",
-    "finalize_run",
-    "flush_all",
-    "forget_task",
-    "own_key",
-    "publisher_of",
-    "request_flush",
-    "run_for_current_task",
-    "run_of_task",
-    "set_min_interval",
-    "write_own_key",
-]

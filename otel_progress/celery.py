@@ -42,7 +42,8 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     and as children of the task that published them. ``uninstrument()`` undoes exactly that.
 
     Options: ``min_interval`` (seconds between backend writes of a task, default 0.5),
-    ``track_queued`` (default True), ``tracer_provider``/``meter_provider`` for the Celery
+    ``track_queued`` (default True), ``send_events`` (a Celery ``task-progress`` event with each
+    progress write, default False), ``tracer_provider``/``meter_provider`` for the Celery
     instrumentation.
     """
 
@@ -57,6 +58,7 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if "min_interval" in kwargs:
             _bridge.set_min_interval(float(kwargs["min_interval"]))
         _hooks.track_queued = bool(kwargs.get("track_queued", True))
+        _bridge.set_send_events(bool(kwargs.get("send_events", False)))
         celery_instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
         if not celery_instrumentor.is_instrumented_by_opentelemetry:
             celery_instrumentor.instrument(
@@ -71,6 +73,7 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
         _hooks.disconnect_signals()
+        _bridge.set_send_events(False)
         _hooks.remove_task_end_hook()
         if type(self)._celery_instrumented_by_us:
             CeleryInstrumentor().uninstrument()  # type: ignore[no-untyped-call]

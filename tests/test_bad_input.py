@@ -20,6 +20,8 @@ from otel_progress.testing import SpanCapture
 
 WEIRD_NUMBERS = [float("nan"), float("inf"), -float("inf"), -5, 10**30, True, "12", "abc",
                  decimal.Decimal("2.5"), None, [], object()]
+WEIRD_IDS = ["nan", "inf", "-inf", "negative", "huge", "bool", "numeric-str", "str", "decimal",
+             "none", "list", "object"]  # stable ids: xdist workers must collect the same names
 
 
 class Unprintable(Exception):
@@ -37,7 +39,7 @@ def _valid(payload: Any) -> None:
     json.loads(dumps(payload))  # strict JSON: no NaN/inf
 
 
-@pytest.mark.parametrize("value", WEIRD_NUMBERS, ids=repr)
+@pytest.mark.parametrize("value", WEIRD_NUMBERS, ids=WEIRD_IDS)
 def test_progress_with_weird_values_never_raises(value: object) -> None:
     """progress() with NaN, inf, negatives, huge, bool, Decimal, str keeps a valid payload."""
     updater = TaskUpdater(task_name="run")
@@ -50,7 +52,7 @@ def test_progress_with_weird_values_never_raises(value: object) -> None:
     assert pct is None or 0.0 <= pct <= 100.0
 
 
-@pytest.mark.parametrize("value", WEIRD_NUMBERS, ids=repr)
+@pytest.mark.parametrize("value", WEIRD_NUMBERS, ids=WEIRD_IDS)
 def test_observer_update_with_weird_values_never_raises(value: object) -> None:
     """Observer.update with bad current/total/step returns a clamped meta."""
     observer = Observer(None)
@@ -104,7 +106,9 @@ def test_exception_whose_str_raises_is_recorded(spans: SpanCapture) -> None:
 
 
 @pytest.mark.parametrize("message", [12, None, b"bytes", {"a": 1}, "\ud800 lone surrogate",
-                                     "ctrl\x00\x1b[31m", "%s %d %%", ""], ids=repr)
+                                     "ctrl\x00\x1b[31m", "%s %d %%", ""],
+                         ids=["int", "none", "bytes", "dict", "surrogate", "ctrl", "percent",
+                              "empty"])
 def test_non_str_and_odd_messages_are_safe(message: object, spans: SpanCapture) -> None:
     """Non-str, empty, surrogate and control-character messages give valid UTF-8 text."""
     updater = TaskUpdater(task_name="run")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -251,3 +253,36 @@ def test_recycled_children_flush_their_spans(
     spans = receiver.wait_for_spans(
         lambda s: sum(x.name == "run/progress_app.steps" for x in s) == 3, timeout=20)
     assert 3 == sum(s.name == "work" for s in spans)
+
+
+def _capture_progress(recv: Any, seen: list[dict[str, Any]]) -> None:
+    """Capture events until the first task-progress (bounded by the receiver's timeout)."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("type") == "task-progress":
+            seen.append(event)
+            recv.should_stop = True
+
+    recv.handlers = {"*": on_event}
+    with contextlib.suppress(Exception):
+        recv.capture(limit=None, timeout=15, wakeup=False)
+
+
+def test_task_progress_events_reach_event_consumers_when_enabled(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """send_events=True: a task-progress event carries the payload (Flower can show it)."""
+    celery_worker_factory(APP, concurrency=1, queues=("celery",),
+                          env=_otel_env(receiver, OTEL_PROGRESS_TEST_EVENTS="1",
+                                        OTEL_PROGRESS_TEST_MIN_INTERVAL="0.1"))
+    seen: list[dict[str, Any]] = []
+    with app.app.connection_for_read() as conn:
+        recv = app.app.events.Receiver(conn)
+        capture = threading.Thread(target=_capture_progress, args=(recv, seen), daemon=True)
+        capture.start()
+        time.sleep(0.5)  # the receiver's queue must be bound before events are sent
+        result = app.steps.delay(10, 0.1)
+        result.get(timeout=30)
+        capture.join(timeout=20)
+    assert seen, "no task-progress event"
+    assert (result.id, 1) == (seen[0]["uuid"], seen[0]["progress"]["schema"])

@@ -34,7 +34,8 @@ app.conf.update(
 if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
     configure(service_name="progress-app-test", timeout=2)
 ProgressInstrumentor().instrument(
-    min_interval=float(os.environ.get("OTEL_PROGRESS_TEST_MIN_INTERVAL", "0.5"))
+    min_interval=float(os.environ.get("OTEL_PROGRESS_TEST_MIN_INTERVAL", "0.5")),
+    send_events=os.environ.get("OTEL_PROGRESS_TEST_EVENTS") == "1",
 )
 
 
