@@ -90,6 +90,7 @@ class CeleryWorker:
         extra_args: Sequence[str] = (),
         fast_start: bool = True,
         start_timeout: float = 30.0,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.redis_url = redis_url
@@ -106,8 +107,9 @@ class CeleryWorker:
         self.force_killed = False
         """Set when ``stop()`` had to fall back to SIGKILL (the warm shutdown overran)."""
         self.env = _hermetic_env(env, redis_url)
+        # ``launcher`` prefixes the command, e.g. ``opentelemetry-instrument`` (zero-code path)
         self.command = [
-            sys.executable, "-m", "celery", "-A", app, "worker",
+            *launcher, sys.executable, "-m", "celery", "-A", app, "worker",
             "--loglevel", self.loglevel,
             "--pool", pool,
             "--concurrency", str(concurrency),
