@@ -12,13 +12,16 @@ from typing import Final
 PERCENT: Final = "progress.percent"
 """float, percent, 0.0..100.0 (clamped, never NaN). Overall on the run span, own on a section."""
 CURRENT: Final = "progress.current"
-"""int or float, items done, >= 0 (set by ``progress(current=)``/``advance()``/Observer)."""
+"""int or float, items done, >= 0 (set by ``progress(current=)``/``advance()``/Observer; absent
+until something was reported)."""
 TOTAL: Final = "progress.total"
 """int or float, items expected, > 0 (absent when unknown)."""
 TASK_UUID: Final = "progress.task_uuid"
-"""str, the TaskUpdater's ``task_uuid`` (the Celery task id inside a task)."""
+"""str, the TaskUpdater's ``task_uuid`` (the Celery task id inside a task). Run span only:
+sections reach it through their trace."""
 TASK_NAME: Final = "progress.task_name"
-"""str, the TaskUpdater's ``task_name`` (the Celery task name inside a task)."""
+"""str, the TaskUpdater's ``task_name`` (the Celery task name inside a task). Run span and every
+section (a span-metrics dimension)."""
 SECTION_NAME: Final = "progress.section"
 """str, the section's name as given (also the span name)."""
 SECTION_STATE: Final = "progress.state"

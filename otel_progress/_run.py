@@ -168,8 +168,10 @@ class Node:
         return self.mark if self.mark >= 0.0 else None
 
     def progress_attributes(self) -> dict[str, Any]:
-        """``progress.percent/current/total`` as they stand now."""
-        attrs: dict[str, Any] = {A.CURRENT: self.current}
+        """``progress.percent/current/total`` as they stand now (current only once reported)."""
+        attrs: dict[str, Any] = {}
+        if self.current or self.total is not None:
+            attrs[A.CURRENT] = self.current
         pct = self.percent()
         if pct is not None:
             attrs[A.PERCENT] = round(pct, 2)
@@ -264,13 +266,12 @@ class Run:
             ctx = otel_context.get_current()
             if not trace.get_current_span(ctx).get_span_context().is_valid:
                 ctx = trace.set_span_in_context(parent.span)
-        span = tracer.start_span(name, context=ctx)
+        span = tracer.start_span(name, context=ctx, attributes={
+            A.SECTION_NAME: name,
+            A.SECTION_DEPTH: parent_node.depth + 1,
+            A.TASK_NAME: self.task_name,
+        })
         node = Node(name, parent_node, span)
-        if span.is_recording():
-            span.set_attribute(A.SECTION_NAME, name)
-            span.set_attribute(A.SECTION_DEPTH, node.depth)
-            span.set_attribute(A.TASK_UUID, self.task_uuid)
-            span.set_attribute(A.TASK_NAME, self.task_name)
         with self.lock:
             parent_node.add_child(node)
             self._open_all[id(node)] = node
@@ -305,17 +306,16 @@ class Run:
             self.counted_exc = exc  # exceptions do not support weakrefs; latest_exc holds it too
             self._remember_exception(exc)
         if recording:
-            span.set_attributes(node.progress_attributes())
-            span.set_attribute(A.SECTION_STATE, node.state)
-            if is_error:
-                assert exc is not None
+            attrs = node.progress_attributes()
+            attrs[A.SECTION_STATE] = node.state
+            if exc is not None:
                 record_exception(span, exc)
-                span.set_attribute(A.ERROR_TYPE, type_name(exc))
-                span.set_status(Status(StatusCode.ERROR, node.error))
-            elif node.interrupted is not None:
-                assert exc is not None
-                record_exception(span, exc)
-                span.set_attribute(A.INTERRUPTED, node.interrupted)
+                if is_error:
+                    attrs[A.ERROR_TYPE] = type_name(exc)
+                    span.set_status(Status(StatusCode.ERROR, node.error))
+                else:
+                    attrs[A.INTERRUPTED] = node.interrupted
+            span.set_attributes(attrs)
         spent = _time_spent(end - node.start)
         with self.lock:
             if node.state == FAILED:

@@ -101,6 +101,8 @@ def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:
                 text = "<unprintable>"
     if len(text) > limit:
         text = text[: limit - 1] + "…"
+    if text.isascii():  # the common case, and much cheaper than an encode round trip
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -122,9 +122,17 @@ def test_section_span_attributes_have_exact_keys_and_types(spans: SpanCapture) -
         updater.progress(current=3, total=4)
     attrs = dict(spans.by_name("load").attributes or {})
     assert {
-        A.SECTION_NAME: "load", A.SECTION_DEPTH: 1, A.TASK_UUID: "u-1", A.TASK_NAME: "run",
+        A.SECTION_NAME: "load", A.SECTION_DEPTH: 1, A.TASK_NAME: "run",
         A.CURRENT: 3, A.TOTAL: 4, A.PERCENT: 100.0, A.SECTION_STATE: "succeeded",
     } == attrs
+
+
+def test_run_span_carries_the_task_uuid(spans: SpanCapture) -> None:
+    """progress.task_uuid and progress.task_name are on the run span."""
+    updater = TaskUpdater(task_uuid="u-2", task_name="run")
+    updater.insert_final_update()
+    attrs = dict(spans.by_name("run").attributes or {})
+    assert ("u-2", "run") == (attrs[A.TASK_UUID], attrs[A.TASK_NAME])
 
 
 def test_progress_attributes_are_overwritten_not_accumulated(spans: SpanCapture) -> None:
