@@ -1,0 +1,58 @@
+"""Type-checked only (``mypy`` covers this file): the public API as users write it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otel_progress import Observer, ProgressPayload, TaskUpdater, configure, force_flush
+from otel_progress.celery import ProgressInstrumentor, get_progress
+from otel_progress.testing import capture_spans, strict
+
+
+def updater_usage() -> ProgressPayload:
+    updater = TaskUpdater(task_uuid="id", task_name="name", verbose=1, suppress_exceptions=True)
+    with updater(task_name="part") as same:
+        same.notify("message", rows=3)
+        same.progress(current=1, total=2)
+        same.advance()
+    status: int = updater.status
+    finished: bool = updater.finished
+    assert status in (0, 1, 2) and finished in (True, False)
+    updater.insert_final_update()
+    return updater.to_dict()
+
+
+async def async_usage(updater: TaskUpdater) -> None:
+    async with updater(task_name="async part"):
+        updater.notify("inside")
+
+    @updater(task_name="decorated")
+    async def job() -> int:
+        return 1
+
+    value: int = await job()
+    assert value
+
+
+def observer_usage(task: Any) -> tuple[str, dict[str, Any]]:
+    observer = Observer(task, position=0)
+    observer.pos = 34
+    state, meta = observer.update("Some information...", current=34)
+    observer.update("Further information...", increment=True, step=5)
+    observer.fail("x %s", "y", exc_type=ValueError)
+    observer.exception(RuntimeError("e"), "msg")
+    assert state and meta
+    return observer.success("done")
+
+
+def configuration() -> None:
+    configure(service_name="svc", endpoint="http://127.0.0.1:4317", timeout=2)
+    ProgressInstrumentor().instrument(min_interval=0.5)
+    payload = get_progress("task-id")
+    if payload is not None:
+        percent: float = payload["percent"]
+        assert percent >= 0
+    force_flush()
+    with strict(), capture_spans() as spans:
+        names: list[str] = spans.names()
+        assert names is not None
