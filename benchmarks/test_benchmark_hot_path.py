@@ -7,6 +7,7 @@ a raw ``span.add_event()``, a section <= 1.3x a raw ``start_as_current_span``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -40,11 +41,13 @@ def test_loop_tqdm(benchmark) -> None:  # type: ignore[no-untyped-def]
     tqdm = pytest.importorskip("tqdm").tqdm
     benchmark.group = "hot loop (N iterations)"
 
-    def run() -> None:
-        for _ in tqdm(range(N), disable=False, file=open("/dev/null", "w"), mininterval=1e9):
-            pass
+    with open(os.devnull, "w") as sink:
 
-    benchmark(run)
+        def run() -> None:
+            for _ in tqdm(range(N), disable=False, file=sink, mininterval=1e9):
+                pass
+
+        benchmark(run)
 
 
 def test_loop_advance(benchmark) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@ metadata for web frontends, from the same two seed APIs (``TaskUpdater`` and ``O
 
 from otel_progress import _hooks  # noqa: F401  (connects worker_init: the task-end hook)
 from otel_progress._bridge import set_min_interval
-from otel_progress._config import configure, force_flush, reset, shutdown
+from otel_progress._config import configure, dropped_spans, force_flush, reset, shutdown
 from otel_progress._observer import Observer
 from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
 from otel_progress._sections import Section, TaskUpdater
@@ -18,6 +18,7 @@ __all__ = [
     "TaskUpdater",
     "__version__",
     "configure",
+    "dropped_spans",
     "force_flush",
     "reset",
     "set_min_interval",

@@ -10,6 +10,7 @@ so Celery's own state and the task's return value are never altered.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -18,8 +19,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
+from otel_progress._config import run_before_exit_flush
 from otel_progress._payload import FINAL_STATES, ProgressPayload
-from otel_progress._run import Run
+from otel_progress._run import Run, end_open_runs
 from otel_progress._safety import internal_error, log_once, logger, safe_str
 
 KEY_PREFIX: Final = "otel-progress-meta-"
@@ -439,3 +441,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit() -> None:
+    """End open run spans and write pending payloads, before the exporters shut down."""
+    try:
+        end_open_runs()
+        flush_all(timeout=2.0)
+    except Exception as exc:  # pragma: no cover - exit path
+        internal_error("bridge.exit", exc)
+
+
+# Plain atexit covers an application-owned provider created earlier (handlers run newest
+# first); configure() runs the same callback before its own final flush.
+atexit.register(_at_exit)
+run_before_exit_flush(_at_exit)

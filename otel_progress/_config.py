@@ -84,6 +84,11 @@ _DROP_WARNING_INTERVAL_S: Final = 60.0
 """At most one "queue full" warning per interval: a full queue drops thousands per second."""
 
 _TRACES_EXPORTERS: Final = frozenset({"otlp", "console"})
+_TRACER_SETTINGS: Final = (
+    "console", "endpoint", "headers", "insecure", "max_queue_size", "protocol",
+    "resource_attributes", "service_name", "span_limits", "traces_exporter",
+)
+"""Arguments that only shape a tracer provider configure() builds itself."""
 _PROTOCOLS: Final = ("grpc", "http/protobuf")
 _HTTP_EXTRA_HINT: Final = (
     "protocol='http/protobuf' needs the OTLP/HTTP exporter: pip install 'otel-progress[http]'"
@@ -234,6 +239,10 @@ def _check_span_limits(value: object) -> SpanLimits:
     return value
 
 
+def _argument_only(raw: str) -> SpanLimits:
+    raise ValueError("has no environment variable")  # never called: the row lists none
+
+
 @dataclass(frozen=True)
 class _Setting(Generic[_T]):
     """One row of the table: the environment variables tried in order, then the default."""
@@ -295,7 +304,7 @@ _SETTINGS: Final[Mapping[str, _Setting[Any]]] = {
     ),
     "metrics": _Setting(
         ("OTEL_METRICS_EXPORTER",), _parse_metrics_exporter, _check_bool, None,
-        "export otel_progress metrics over OTLP; default: on when traces go to OTLP",
+        "export metrics over OTLP; default: on when configure() itself sends traces to OTLP",
     ),
     "resource_attributes": _Setting(
         ("OTEL_RESOURCE_ATTRIBUTES",), _parse_key_values, _check_attributes, {},
@@ -312,7 +321,7 @@ _SETTINGS: Final[Mapping[str, _Setting[Any]]] = {
         "spans per export request, at most max_queue_size",
     ),
     "span_limits": _Setting(
-        (), _parse_str, _check_span_limits, None,
+        (), _argument_only, _check_span_limits, None,
         "an SDK SpanLimits replacing the three caps below",
     ),
     "max_attribute_length": _Setting(
@@ -361,8 +370,8 @@ class _Settings:
     def exporter_kwargs(self) -> dict[str, Any]:
         """Arguments for an OTLP exporter: only those given as arguments, plus the timeout."""
         kwargs: dict[str, Any] = {"timeout": self.timeout}
-        for name in ("endpoint", "headers", "insecure"):
-            if self.sources[name] == "argument":
+        for name, setting in _SETTINGS.items():
+            if setting.sdk_reads_env and self.sources[name] == "argument":
                 kwargs[name] = getattr(self, name)
         return kwargs
 
@@ -371,7 +380,7 @@ class _Settings:
         return (
             self.endpoint, self.protocol, sorted((self.headers or {}).items()), self.insecure,
             self.timeout, self.traces_exporter, self.console, self.max_queue_size,
-            self.max_export_batch_size, tuple(sorted(self.sources.items())),
+            self.max_export_batch_size, tuple(sorted(self.exporter_kwargs())),
         )
 
     def provider_key(self) -> tuple[object, ...]:
@@ -462,11 +471,14 @@ def _batch_queue(processor: BatchSpanProcessor) -> tuple[Sized, int] | None:
     private deque: SDK >= 1.33 keeps it in ``_batch_processor``, older ones on the processor.
     tests/test_export_faults.py::test_batch_queue_probe_sees_the_installed_sdks_queue guards it.
     """
-    holder = getattr(processor, "_batch_processor", processor)
-    queue = getattr(holder, "_queue", None) or getattr(holder, "queue", None)
-    limit = getattr(holder, "_max_queue_size", None) or getattr(holder, "max_queue_size", None)
-    if isinstance(queue, Sized) and isinstance(limit, int):
-        return queue, limit
+    for holder, queue_name, limit_name in (
+        (getattr(processor, "_batch_processor", None), "_queue", "_max_queue_size"),
+        (processor, "queue", "max_queue_size"),
+    ):
+        queue = getattr(holder, queue_name, None)
+        limit = getattr(holder, limit_name, None)
+        if isinstance(queue, Sized) and isinstance(limit, int):
+            return queue, limit
     return None
 
 
@@ -492,6 +504,7 @@ class _Background:
 
     def __init__(self, fn: Callable[[], object], name: str) -> None:
         self._fn = fn
+        self._name = name
         self._ok = False
         self._finished = threading.Event()
         thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -503,8 +516,8 @@ class _Background:
     def _run(self) -> None:
         try:
             self._ok = self._fn() is not False
-        except Exception:
-            _logger.exception("otel_progress: exporting telemetry failed")
+        except Exception as exc:  # the exporters log details; a traceback adds nothing here
+            _logger.warning("otel_progress: %s failed: %r", self._name, exc)
         finally:
             self._finished.set()
 
@@ -571,13 +584,21 @@ class _GuardedSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         inner = self._inner
-        if inner is None or time.monotonic() >= self._deadline:
+        result = SpanExportResult.FAILURE
+        if inner is not None and time.monotonic() < self._deadline:
+            try:
+                result = inner.export(spans)
+            except Exception:
+                if self._deadline != -math.inf:
+                    raise  # the batch processor logs it
+                # else: abort() closed the channel under this export on purpose
+        if result is not SpanExportResult.SUCCESS:
             self.lost += len(spans)
-            return SpanExportResult.FAILURE
-        return inner.export(spans)
+        return result
 
     def give_up_at(self, deadline: float) -> None:
-        """Batches that start exporting after ``deadline`` (monotonic) are dropped."""
+        """Batches that start exporting after ``deadline`` (monotonic) are dropped; count anew."""
+        self.lost = 0
         self._deadline = deadline
 
     def abort(self) -> None:
@@ -657,7 +678,8 @@ class _SpanPipeline:
             done.wait(1.0)
         if guard.lost:
             _logger.warning(
-                "otel_progress: %d span(s) were not exported within the %.1f s export timeout",
+                "otel_progress: %d span(s) could not be exported at shutdown (export timeout "
+                "%.1f s)",
                 guard.lost, timeout_s,
             )
 
@@ -878,7 +900,7 @@ def _claim_meter_provider(settings: _Settings) -> _Owner:
 def _apply_traces(settings: _Settings, previous: _Settings | None) -> None:
     owner = _state.tracer_owner = _claim_tracer_provider(settings)
     if owner == "application":
-        given = [name for name, source in settings.sources.items() if source == "argument"]
+        given = [name for name in _TRACER_SETTINGS if settings.sources[name] == "argument"]
         if given:
             _logger.warning(
                 "otel_progress.configure(): the application already set a TracerProvider; "
@@ -904,7 +926,10 @@ def _apply_traces(settings: _Settings, previous: _Settings | None) -> None:
 
 
 def _apply_metrics(settings: _Settings, previous: _Settings | None) -> None:
-    if not settings.metrics:
+    # By default metrics follow configure()'s own OTLP traces: an application that set up
+    # tracing itself gets no MeterProvider it did not ask for.
+    follows_app = settings.sources["metrics"] == "default" and _state.tracer_owner == "application"
+    if not settings.metrics or follows_app:
         if _state.meter_owner == "otel_progress" and _OWNED.metric_exporter is not None:
             _retire_metric_exporter(_OWNED.metric_exporter.swap(None, settings.timeout))
         return
@@ -924,13 +949,13 @@ def _retire_metric_exporter(exporter: MetricExporter | None) -> None:
         _Background(exporter.shutdown, "otel_progress-metrics-shutdown").wait(1.0)
 
 
-def _flush_owned_metrics(timeout_s: float) -> bool:
+def _flush_owned_metrics(timeout_s: float) -> _Background | None:
     provider = _OWNED.meter_provider
     if provider is None:
-        return True
+        return None
     return _Background(
         lambda: provider.force_flush(timeout_millis=timeout_s * 1000), "otel_progress-metrics"
-    ).wait(timeout_s)
+    )
 
 
 def _install_hooks() -> None:
@@ -944,13 +969,31 @@ def _install_hooks() -> None:
         from celery import signals
     except ImportError:
         return
-    # weak=False: the handlers are module functions, but Celery's weak refs would still let a
-    # reloaded module's handlers vanish silently.
+    # weak=False: a strong reference, so the handlers stay connected whatever happens to this
+    # module's globals during interpreter or worker teardown.
     signals.worker_process_init.connect(_on_worker_process_init, weak=False)
     signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)
 
 
+_before_exit_flush: list[Callable[[], object]] = []
+
+
+def run_before_exit_flush(callback: Callable[[], object]) -> None:
+    """Have ``callback`` run at exit just before the final flush (e.g. to end open run spans).
+
+    atexit runs handlers last-registered-first, so a handler registered before configure()
+    would otherwise run after the exporters are gone.
+    """
+    if callback not in _before_exit_flush:
+        _before_exit_flush.append(callback)
+
+
 def _at_exit() -> None:
+    for callback in _before_exit_flush:
+        try:
+            callback()
+        except Exception:
+            _logger.exception("otel_progress: an exit callback failed")
     try:
         if _state.tracer_owner == "otel_progress" or _state.meter_owner == "otel_progress":
             shutdown()
@@ -1007,12 +1050,14 @@ def configure(
 ) -> None:
     """Send otel_progress's spans and metrics to an OTLP collector (or the console).
 
-    Each setting comes from its argument, else its standard ``OTEL_*`` variable, else the
-    default. Call it once at startup; calling it again with the same settings changes nothing,
-    with other settings replaces the exporters. If the application already set an SDK
-    TracerProvider/MeterProvider, configure() uses it as is. Spans are batched (queue of
-    ``max_queue_size``); when the collector cannot keep up, spans are dropped and counted, and
-    the task never waits.
+    One call, so a worker needs no OpenTelemetry boilerplate. Each setting comes from its
+    argument, else its standard ``OTEL_*`` variable, else the default (the table in
+    ``otel_progress._config``). Calling it again with the same settings changes nothing; with
+    other settings it replaces the exporters. If the application already set an SDK
+    TracerProvider/MeterProvider, configure() uses it as is and adds nothing. Spans are batched
+    (queue of ``max_queue_size``): when the collector cannot keep up they are dropped and
+    counted, and the task never waits. Exit, and each prefork child's end, flush within
+    ``timeout`` seconds. Wrong arguments or ``OTEL_*`` values raise ``TypeError``/``ValueError``.
 
     Example::
 
@@ -1028,9 +1073,10 @@ def configure(
     if settings.otlp or settings.metrics:
         _require_exporter(settings.protocol)
     with _LOCK:
-        previous, _state.settings = _state.settings, settings
+        previous = _state.settings
         _apply_traces(settings, previous)
         _apply_metrics(settings, previous)
+        _state.settings = settings
         _install_hooks()
 
 
@@ -1066,16 +1112,23 @@ def shutdown() -> None:
     with _LOCK:
         settings, _state.settings = _state.settings, None
         timeout_s = settings.timeout if settings is not None else DEFAULT_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
+        exporter = _OWNED.metric_exporter
+        metrics_flush = None
+        if _state.meter_owner == "otel_progress" and exporter is not None:
+            # In parallel with the spans, so exit waits one timeout, not two.
+            metrics_flush = _flush_owned_metrics(timeout_s)
         processor = _OWNED.span_processor
         if _state.tracer_owner == "otel_progress" and processor is not None:
             pipeline = processor.swap(None)
             if pipeline is not None:
                 pipeline.shutdown(timeout_s)
         elif _state.tracer_owner == "application":
-            force_flush(int(timeout_s * 1000))
-        exporter = _OWNED.metric_exporter
-        if _state.meter_owner == "otel_progress" and exporter is not None:
-            if not _flush_owned_metrics(timeout_s):
+            _flush_provider(trace.get_tracer_provider(), timeout_s)
+        if _state.meter_owner == "application":
+            _flush_provider(metrics.get_meter_provider(), deadline - time.monotonic())
+        if metrics_flush is not None and exporter is not None:
+            if not metrics_flush.wait(deadline - time.monotonic()):
                 _logger.warning(
                     "otel_progress: metrics were not exported within %.1f s", timeout_s
                 )

@@ -8,7 +8,6 @@ counters when a section closes, a notification is made, or the flusher runs.
 
 from __future__ import annotations
 
-import atexit
 import threading
 import time
 from collections import deque
@@ -595,8 +594,7 @@ def _fit(data: ProgressPayload) -> ProgressPayload:
 _open_runs: set[Run] = set()
 
 
-@atexit.register
-def _end_open_runs() -> None:
+def end_open_runs() -> None:
     """No run span is ever left unended: finish what is still open when the process exits."""
     for run in list(_open_runs):
         try:

@@ -10,7 +10,11 @@ import pytest
 from otel_progress import _bridge
 from otel_progress.testing import SpanCapture, capture_spans, set_strict
 
-pytest_plugins = ["tests.support.redis_server", "tests.support.celery_worker"]
+pytest_plugins = [
+    "tests.support.redis_server",
+    "tests.support.celery_worker",
+    "tests.support.otlp_receiver",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from opentelemetry.trace import StatusCode
 
-from otel_progress import Observer
+from otel_progress import Observer, _bridge
 from otel_progress import _attributes as A
-from otel_progress import _bridge
 from otel_progress.testing import SpanCapture
 
 MASTF_KEYS = {"pending", "description", "current", "total", "percent"}

@@ -46,7 +46,10 @@ class ScriptResult:
 
     def describe(self) -> str:
         """Everything the child said, for assertion messages."""
-        return f"rc={self.returncode} wall={self.wall_s:.2f}s\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return (
+            f"rc={self.returncode} wall={self.wall_s:.2f}s\n"
+            f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        )
 
 
 def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
