@@ -6,7 +6,6 @@ API allows one provider per process, and the pytest process keeps its own for sp
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from opentelemetry.sdk.trace import SpanLimits
 
 from otel_progress import _config
 from otel_progress._attributes import (
+    METRIC_PROGRESS_AGE,
     METRIC_SECTION_DURATION,
     METRIC_SECTIONS,
     SECTION_DURATION_BUCKETS,
@@ -469,10 +469,6 @@ def test_section_duration_histogram_uses_the_documented_buckets(
 
 
 # --- the lead's TaskUpdater over the real pipeline -----------------------------------------------
-@pytest.mark.skipif(
-    importlib.util.find_spec("otel_progress._sections") is None,
-    reason="otel_progress._sections (TaskUpdater) is not written yet",
-)
 def test_task_updater_section_and_notification_reach_the_receiver(
     otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
 ) -> None:
@@ -497,6 +493,45 @@ def test_task_updater_section_and_notification_reach_the_receiver(
         [event.name for event in section.events],
         section.resource["service.name"],
     )
+
+
+def test_task_updater_sections_export_the_section_metrics(
+    otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
+) -> None:
+    """Finished sections count by task, section and status, with durations, and the age gauge."""
+    run_script(
+        """
+        import os, time
+        os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "100"  # collect while "stuck" still runs
+        configure(endpoint=ENDPOINT, timeout=2)
+        from otel_progress import TaskUpdater
+        updater = TaskUpdater(task_name="job")
+        for name in ("load", "load", "parse"):
+            with updater(task_name=name):
+                if name == "parse":
+                    raise ValueError("bad row")
+        still_running = TaskUpdater(task_name="stuck")
+        updater.insert_final_update()
+        time.sleep(0.5)
+        """,
+        tmp_path, otlp_receiver.endpoint,
+    )
+
+    names = {METRIC_SECTIONS, METRIC_SECTION_DURATION, METRIC_PROGRESS_AGE}
+    received = otlp_receiver.wait_for_metrics(
+        lambda ms: names <= {m.name for m in ms}, timeout=5
+    )
+    counts = {  # cumulative sums: the last export holds the totals
+        (p.attributes["task_name"], p.attributes["section_name"], p.attributes["status"]): p.value
+        for m in received if m.name == METRIC_SECTIONS for p in m.data_points
+    }
+    assert {("job", "load", "succeeded"): 2, ("job", "parse", "failed"): 1} == counts
+    durations = {p.attributes["section_name"]: p.count for m in received
+                 if m.name == METRIC_SECTION_DURATION for p in m.data_points}
+    assert {"load": 2, "parse": 1} == durations
+    ages = {p.attributes["task_name"] for m in received if m.name == METRIC_PROGRESS_AGE
+            for p in m.data_points}
+    assert "stuck" in ages
 
 
 # --- the settings table (no network, no globals) ------------------------------------------------
