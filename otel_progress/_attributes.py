@@ -44,10 +44,6 @@ ERROR_TYPE: Final = "error.type"
 # A notification's event name is its message (truncated to MAX_EVENT_NAME characters).
 MAX_EVENT_NAME: Final = 1000
 """Characters kept of a notification message in the event name, the log and the payload."""
-EVENT_FAILED: Final = "progress.failed"
-"""Event name of Observer.fail(msg): a failure that carries no exception object."""
-MESSAGE: Final = "progress.message"
-"""str, on Observer/notify events: the full (capped) message text."""
 
 # --- metrics (OTel metrics API; exported with the same configuration as spans) -------------------
 METRIC_SECTIONS: Final = "otel_progress.sections"

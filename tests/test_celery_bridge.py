@@ -286,3 +286,41 @@ def test_task_progress_events_reach_event_consumers_when_enabled(
         capture.join(timeout=20)
     assert seen, "no task-progress event"
     assert (result.id, 1) == (seen[0]["uuid"], seen[0]["progress"]["schema"])
+
+
+def test_group_started_in_a_section_lands_under_it(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """A group published inside a section: every child's publish span is under that section."""
+    env = _otel_env(receiver)
+    celery_worker_factory(APP, concurrency=2, queues=("celery",), name="ga", env=env)
+    celery_worker_factory(APP, concurrency=2, queues=("B",), name="gb", env=env)
+    app.fanout_group.delay(3).get(timeout=30)
+    spans = receiver.wait_for_spans(
+        lambda s: sum(x.name == "run/progress_app.child" for x in s) == 3
+        and any(x.name == "fan out group" for x in s), timeout=20)
+    section = _one(spans, "fan out group")
+    publishes = [s for s in spans if s.name == "apply_async/progress_app.child"]
+    assert 3 == len(publishes)
+    assert {section.span_id} == {p.parent_span_id for p in publishes}
+    assert {section.trace_id} == {s.trace_id for s in spans if s.name.endswith(".child")}
+
+
+def test_dead_result_backend_never_fails_the_task_and_spans_still_record(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """Progress writes to a dead backend: one warning for the task, the task and spans go on."""
+    from tests.support.otlp_receiver import closed_loopback_port
+
+    dead = f"redis://127.0.0.1:{closed_loopback_port()}/0"
+    worker = celery_worker_factory(
+        APP, concurrency=1, queues=("celery",),
+        env=_otel_env(receiver, OTEL_PROGRESS_TEST_BACKEND_URL=dead,
+                      OTEL_PROGRESS_TEST_MIN_INTERVAL="0.1"))
+    app.steps.delay(10, 0.1)
+    spans = receiver.wait_for_spans(_has("run/progress_app.steps", "work"), timeout=60)
+    work = _one(spans, "work")
+    assert ("UNSET", 10, 10) == (work.status_code, work.attributes[A.CURRENT],
+                                 work.attributes[A.TOTAL])
+    log = worker.log_path.read_text()
+    assert 1 == log.count("cannot publish progress"), log[-3000:]

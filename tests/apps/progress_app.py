@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import Celery, group, shared_task
 
 from otel_progress import Observer, TaskUpdater, configure
 from otel_progress.celery import ProgressInstrumentor
@@ -30,6 +30,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_routes={"progress_app.child": {"queue": "B"}},
 )
+if os.environ.get("OTEL_PROGRESS_TEST_BACKEND_URL"):  # a dead result backend (fault test)
+    app.conf.update(
+        result_backend=os.environ["OTEL_PROGRESS_TEST_BACKEND_URL"],
+        result_backend_transport_options={"retry_policy": {"max_retries": 1}},
+    )
 
 if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
     configure(service_name="progress-app-test", timeout=2)
@@ -120,6 +125,16 @@ def fanout(self: Any, n: int) -> list[str]:
             ids.append(child.apply_async((i,)).id)
     updater.insert_final_update()
     return ids
+
+
+@shared_task(bind=True, name="progress_app.fanout_group")
+def fanout_group(self: Any, n: int) -> str:
+    """Queue A: starts a group of n children to queue B from inside a section."""
+    updater = TaskUpdater()
+    with updater(task_name="fan out group"):
+        result = group(child.s(i) for i in range(n)).apply_async()
+    updater.insert_final_update()
+    return str(result.id)
 
 
 @shared_task(bind=True, name="progress_app.child")
