@@ -277,6 +277,11 @@ class Publisher:
             self.last_write = now
             self._write(lambda: self.sink.progress(run.celery_state, payload))
             self.last_sent = comparable
+            if run.finished and not isinstance(self.sink, _CelerySink):
+                # Outside Celery nothing else ends the publisher: the finished state was the
+                # last thing to write. (A Celery run waits for the task-end hook's final write.)
+                self.closed = True
+                _flusher.unregister(self)
 
     def final(self) -> None:
         """The last write: after it, nothing of this run is written again."""

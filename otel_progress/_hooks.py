@@ -11,6 +11,7 @@ or earlier through ``ProgressInstrumentor().instrument()``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,9 @@ _connected: list[tuple[Any, Callable[..., Any]]] = []
 track_queued = True
 
 
+_active = threading.local()
+
+
 def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``Task.__call__`` with the task-end hook: close the run before the result is stored."""
     assert _original_call is not None
@@ -32,13 +36,19 @@ def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
     except Exception:  # pragma: no cover - request is always there
         task_id = None
-    if task_id is None:
+    running: set[str] | None = getattr(_active, "ids", None)
+    if running is None:
+        running = _active.ids = set()
+    if task_id is None or task_id in running:  # a direct (e.g. recursive) call inside the task
         return _original_call(self, *args, **kwargs)
+    running.add(task_id)
     try:
         result = _original_call(self, *args, **kwargs)
     except BaseException as exc:
+        running.discard(task_id)
         task_ended(str(task_id), exc)
         raise
+    running.discard(task_id)
     task_ended(str(task_id), None)
     return result
 

@@ -133,3 +133,19 @@ def test_open_sections_are_closed_when_the_task_raises(
     with pytest.raises(RuntimeError):
         job.apply(throw=True).get()
     assert StatusCode.ERROR == spans.by_name("left open").status.status_code
+
+
+def test_a_task_calling_itself_directly_ends_its_run_once(
+        instrumented: ProgressInstrumentor, eager_app: Celery, spans: SpanCapture) -> None:
+    """A direct recursive call does not end the outer run early."""
+
+    @eager_app.task(bind=True, name="eager.recursive")
+    def job(self: Any, depth: int) -> str:
+        updater = TaskUpdater()
+        with updater(task_name=f"level {depth}"):
+            if depth:
+                job(depth - 1)
+        return str(updater.finished)
+
+    assert "False" == job.delay(1).get()
+    assert {"level 0", "level 1"} <= set(spans.names())

@@ -193,3 +193,20 @@ def test_failing_update_state_never_reaches_the_task(caplog: pytest.LogCaptureFi
     assert ("PROGRESS", 5) == (observer.update("y")[0], observer.pos)
     warnings = [r for r in caplog.records if "cannot publish progress" in r.getMessage()]
     assert 1 == len(warnings)
+
+
+def test_finished_run_outside_celery_stops_publishing() -> None:
+    """After the final state is written, the flusher lets go of the run."""
+    _bridge.set_min_interval(0.02)
+    task = FakeTask()
+    observer = Observer(task)
+    observer.success("done")
+    deadline = time.monotonic() + 5
+    publisher = _bridge.publisher_of(observer.run)
+    assert publisher is not None
+    while not publisher.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writes = len(task.calls)
+    time.sleep(0.1)
+    assert (True, writes) == (publisher.closed, len(task.calls))
+    assert "succeeded" == task.calls[-1][1]["state"]
