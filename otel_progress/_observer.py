@@ -88,13 +88,13 @@ class Observer:
 
     @pos.setter
     def pos(self, value: object) -> None:
-        num = as_number(value, "Observer.pos")
+        num = as_number(value, "Observer.pos", self)
         if num is not None:
             self._pos = num if num >= 0 else 0
 
     def increment(self, val: int | float = 1) -> int | float:
         """Add ``val`` to the position and return it."""
-        num = as_number(val, "Observer.increment")
+        num = as_number(val, "Observer.increment", self)
         if num is not None:
             self._pos = max(self._pos + num, 0)
         return self._pos
@@ -127,14 +127,14 @@ class Observer:
         """
         try:
             if total.__class__ is not int or total <= 0:
-                num = as_number(total, "Observer.update(total=)")
+                num = as_number(total, "Observer.update(total=)", self)
                 total = abs(num) if num else 100
             if current is None:
                 if increment:
                     if step.__class__ is int and step > 0:
                         self._pos += step
                     else:
-                        num = as_number(step, "Observer.update(step=)")
+                        num = as_number(step, "Observer.update(step=)", self)
                         self._pos += abs(num) if num else 1
             else:
                 self.pos = current

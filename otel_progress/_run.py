@@ -37,6 +37,7 @@ from otel_progress._safety import (
     exception_text,
     guarded,
     internal_error,
+    logger,
     safe_str,
     type_name,
 )
@@ -202,6 +203,7 @@ class Run:
         self.attempt = attempt
         self.include_traceback = include_traceback
         self.log = BoundedLog()
+        self.verbose = False  # TaskUpdater(verbose=1): every log line also goes to logging
         self.description = ""
         self.start = time.time()
         self.end: float | None = None
@@ -277,7 +279,7 @@ class Run:
             if parent is None:
                 self.top_count += 1
                 self.open_top[id(node)] = node
-        self.log.append("\t - " + safe_str(name))
+        self._log("\t - " + safe_str(name))
         self.last_progress = node.start
         return node
 
@@ -318,21 +320,21 @@ class Run:
         spent = _time_spent(end - node.start)
         with self.lock:
             if node.state == FAILED:
-                self.log.append("\t\tFailed")
-                self.log.append(spent)
+                self._log("\t\tFailed")
+                self._log(spent)
                 if counted_here:
                     assert exc is not None
                     self.failed = True
                     self.jobs_total += 1
-                    self.log.append("\t\tSee error message:\n" + exception_class_line(exc))
+                    self._log("\t\tSee error message:\n" + exception_class_line(exc))
             elif node.interrupted is not None:
-                self.log.append(f"\t\tInterrupted: {node.interrupted}")
-                self.log.append(spent)
+                self._log(f"\t\tInterrupted: {node.interrupted}")
+                self._log(spent)
             elif leaf:
                 self.jobs_total += 1
                 self.jobs_finished += 1
-                self.log.append("\t\tSuccessfully completed")
-                self.log.append(spent)
+                self._log("\t\tSuccessfully completed")
+                self._log(spent)
             self._open_all.pop(id(node), None)
             if node.parent is self.node:
                 self.open_top.pop(id(node), None)
@@ -341,6 +343,11 @@ class Run:
         span.end(end_time=int(end * 1e9))
         _metrics.record_section(self.task_name, node.name, node.state, end - node.start)
         return is_error
+
+    def _log(self, line: str) -> None:
+        self.log.append(line)
+        if self.verbose:
+            logger.info("%s", line)
 
     def open_nodes(self) -> list[Node]:
         """Sections entered and not yet left."""
@@ -366,7 +373,7 @@ class Run:
         """A span event on ``node`` (name = message) plus a log line."""
         self.description = text
         self.last_progress = time.time()
-        self.log.append("\t" + text)
+        self._log("\t" + text)
         span = node.span
         if span.is_recording():
             attrs = node.progress_attributes()
@@ -389,7 +396,7 @@ class Run:
             else:
                 self.state = FAILED if self.failed else SUCCEEDED
             if final_line:
-                self.log.append(
+                self._log(
                     f"\tTask Finished - {self.jobs_finished} out of {self.jobs_total} jobs finished"
                 )
         _metrics.untrack(self)

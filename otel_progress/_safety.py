@@ -143,8 +143,8 @@ def format_message(msg: object, args: tuple[object, ...]) -> str:
     return safe_str(text)
 
 
-def as_number(value: object, site: str) -> float | int | None:
-    """A finite number from ``value``, or None (logged once) when it is not one.
+def as_number(value: object, site: str, owner: object = None) -> float | int | None:
+    """A finite number from ``value``, or None (logged once per ``owner``) when it is not one.
 
     ``bool`` is refused (``True`` is almost always a bug, not 1 item); ``Decimal``/``Fraction``
     and numeric strings are accepted; infinities and NaN are refused; magnitudes are clamped.
@@ -158,7 +158,7 @@ def as_number(value: object, site: str) -> float | int | None:
             return num
         return int(math.copysign(MAX_NUMBER, num))
     if cls is bool:
-        log_once(f"{site}:bool", "otel_progress: %s got a bool, ignored", site)
+        log_once(f"{site}@{id(owner)}:bool", "otel_progress: %s got a bool, ignored", site)
         return None
     try:
         if isinstance(value, numbers.Real):
@@ -168,14 +168,14 @@ def as_number(value: object, site: str) -> float | int | None:
         else:
             raise TypeError(type(value).__name__)
     except (TypeError, ValueError, OverflowError):
-        log_once(f"{site}:type", "otel_progress: %s got %r, not a number: ignored", site,
-                 safe_str(value, 80))
+        log_once(f"{site}@{id(owner)}:type", "otel_progress: %s got %r, not a number: ignored",
+                 site, safe_str(value, 80))
         return None
     if math.isnan(num):
-        log_once(f"{site}:nan", "otel_progress: %s got NaN: ignored", site)
+        log_once(f"{site}@{id(owner)}:nan", "otel_progress: %s got NaN: ignored", site)
         return None
     if math.isinf(num) or abs(num) > MAX_NUMBER:
-        log_once(f"{site}:inf", "otel_progress: %s got %r: clamped", site, num)
+        log_once(f"{site}@{id(owner)}:inf", "otel_progress: %s got %r: clamped", site, num)
         num = math.copysign(MAX_NUMBER, num)
     if isinstance(num, float) and num.is_integer() and isinstance(value, numbers.Integral):
         return int(num)

@@ -31,7 +31,6 @@ from otel_progress._safety import (
     guarded,
     internal_error,
     log_once,
-    logger,
     safe_str,
 )
 
@@ -118,8 +117,6 @@ class Section:
             ctx = trace.set_span_in_context(node.span)
             entry = _Entered(node, otel_context.attach(ctx), updater._current.set(node))
             self._entered.append(entry)
-            if updater._verbose:
-                logger.info("\t - %s", node.name)
         except Exception as exc:
             internal_error("TaskUpdater.section.enter", exc)
 
@@ -131,8 +128,6 @@ class Section:
         is_error = False
         try:
             is_error = updater._run.close_section(entry.node, exc)
-            if is_error and updater._verbose:
-                logger.info("\t\tFailed: %s", safe_str(exc))
         except Exception as err:
             internal_error("TaskUpdater.section.exit", err)
         try:
@@ -198,6 +193,8 @@ class TaskUpdater:
             task_uuid, task_name, expected_sections=expected_sections,
             include_traceback=include_traceback,
         )
+        if verbose:
+            self._run.verbose = True
         if self._run.celery_task_id is None:
             # Outside Celery nobody else ends the run: do it when the updater is dropped.
             weakref.finalize(self, _finish_dropped, self._run)
@@ -254,8 +251,6 @@ class TaskUpdater:
         text = safe_str(message)
         attrs = {safe_str(k, 200): attribute_value(v) for k, v in attributes.items()} or None
         run.notify(node, text, attrs)
-        if self._verbose:
-            logger.info("\t%s", text)
 
     def progress(
         self,
@@ -270,17 +265,17 @@ class TaskUpdater:
         """
         try:
             node = self._current.get() or self._run.node
-            cur = as_number(current, "progress(current=)")
-            tot = as_number(total, "progress(total=)")
-            pct = as_number(percent, "progress(percent=)")
+            cur = as_number(current, "progress(current=)", self)
+            tot = as_number(total, "progress(total=)", self)
+            pct = as_number(percent, "progress(percent=)", self)
             if cur is not None:
                 if cur < 0:
-                    log_once("progress:neg", "otel_progress: negative current clamped to 0")
+                    log_once(f"neg@{id(self)}", "otel_progress: negative current clamped to 0")
                     cur = 0
                 node.current = cur
             if tot is not None:
                 if tot <= 0:
-                    log_once("progress:tot", "otel_progress: total must be > 0: ignored")
+                    log_once(f"tot@{id(self)}", "otel_progress: total must be > 0: ignored")
                 else:
                     node.total = tot
             if pct is not None:
@@ -300,7 +295,7 @@ class TaskUpdater:
         self._advance_slow(node, step)
 
     def _advance_slow(self, node: Node, step: object) -> None:
-        num = as_number(step, "advance(step=)")
+        num = as_number(step, "advance(step=)", self)
         if num is None:
             return
         try:
@@ -313,9 +308,6 @@ class TaskUpdater:
         try:
             if self._run.finish():
                 _bridge.request_flush(self._run)
-                if self._verbose:
-                    lines = self._run.log.lines()
-                    logger.info("%s", lines[-1] if lines else "")
         except Exception as exc:
             internal_error("TaskUpdater.insert_final_update", exc)
 

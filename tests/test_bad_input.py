@@ -198,3 +198,30 @@ def test_any_progress_input_keeps_a_valid_payload(
         updater.notify(message)
     updater.insert_final_update()
     _valid(updater.to_dict())
+
+
+def test_bad_input_is_logged_once_per_updater(caplog: pytest.LogCaptureFixture) -> None:
+    """NaN a thousand times logs one warning per updater, not one per call."""
+    first, second = TaskUpdater(task_name="a"), TaskUpdater(task_name="b")
+    for updater in (first, second):
+        for _ in range(1000):
+            updater.progress(percent=float("nan"))
+    assert 2 == sum("NaN" in r.getMessage() for r in caplog.records)
+
+
+def test_payload_without_an_sdk_has_null_trace_ids(tmp_path: Any) -> None:
+    """No SDK tracer provider: the payload is still built; trace_id/span_id are null."""
+    import subprocess
+    import sys
+
+    script = (
+        "from otel_progress import TaskUpdater\n"
+        "u = TaskUpdater(task_name='x')\n"
+        "with u(task_name='s'):\n    u.notify('m')\n"
+        "u.insert_final_update()\n"
+        "d = u.to_dict()\n"
+        "print(d['trace_id'], d['span_id'], d['jobs'], d['status'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert "None None {'finished': 1, 'total': 1} 1" == out.stdout.strip()

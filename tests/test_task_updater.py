@@ -414,15 +414,21 @@ def test_task_name_and_uuid_default_outside_celery() -> None:
     assert re.match(r"^[0-9a-f-]{36}$", updater.task_uuid)
 
 
-def test_verbose_writes_log_lines_to_the_otel_progress_logger(
+def test_verbose_writes_every_log_line_to_the_otel_progress_logger(
         caplog: pytest.LogCaptureFixture) -> None:
-    """verbose=1 logs the section and notification lines through logging."""
+    """verbose=1 logs each line of the seed log through logging.getLogger("otel_progress")."""
     caplog.set_level(logging.INFO, logger="otel_progress")
-    updater = TaskUpdater(task_name="run", verbose=1)
-    with updater(task_name="step"):
-        updater.notify("hello")
-    messages = [r.getMessage() for r in caplog.records if r.name == "otel_progress"]
-    assert ["\t - step", "\thello"] == messages[:2]
+    updater = _seed_run()
+    updater.insert_final_update()
+    logged = "".join(r.getMessage() + "\n" for r in caplog.records if r.name == "otel_progress")
+    assert "" == logged
+    caplog.clear()
+    verbose = TaskUpdater(task_name="run", verbose=1)
+    with verbose(task_name="step"):
+        verbose.notify("hello")
+    verbose.insert_final_update()
+    logged = "".join(r.getMessage() + "\n" for r in caplog.records if r.name == "otel_progress")
+    assert logged == verbose.log
 
 
 def test_constructor_rejects_wrong_types() -> None:
