@@ -324,3 +324,27 @@ def test_dead_result_backend_never_fails_the_task_and_spans_still_record(
                                  work.attributes[A.TOTAL])
     log = worker.log_path.read_text()
     assert 1 == log.count("cannot publish progress"), log[-3000:]
+
+
+def test_concurrent_tasks_in_a_thread_pool_do_not_mix(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """8 overlapping tasks on --pool threads -c 4: each run holds only its own sections/events."""
+    celery_worker_factory(APP, pool="threads", concurrency=4, queues=("celery",),
+                          env=_otel_env(receiver))
+    tags = [f"t{i}" for i in range(8)]
+    results = {tag: app.tagged.delay(tag) for tag in tags}
+    assert tags == [results[t].get(timeout=30) for t in tags]
+    spans = receiver.wait_for_spans(
+        lambda s: sum(x.name == "run/progress_app.tagged" for x in s) == 8, timeout=20)
+    runs = {s.attributes[A.TASK_UUID]: s for s in spans if s.name == "run/progress_app.tagged"}
+    for tag, result in results.items():
+        run = runs[result.id]
+        children = [s for s in spans if s.parent_span_id == run.span_id]
+        assert [f"{tag}-a", f"{tag}-b"] == sorted(c.name for c in children)
+        events = {e.name for c in children for e in c.events}
+        assert {f"{tag}-{p}-{i}" for p in "ab" for i in range(5)} == events
+        payload = get_progress(result.id, app=app.app)
+        assert payload is not None
+        assert [f"{tag}-a", f"{tag}-b"] == [sec["name"] for sec in payload["sections"]]
+        assert {"finished": 2, "total": 2} == payload["jobs"]

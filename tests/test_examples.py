@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -71,3 +73,23 @@ def test_demo_command_prints_log_payload_and_span_tree() -> None:
     assert '"status": 0' in out.stdout
     assert re.search(r"└── My subtask 3 in my task 2  \[UNSET\]", out.stdout)
     assert "ZeroDivisionError: division by zero" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fanout_example_runs_two_workers_as_one_trace(
+        redis_server: Any, otlp_receiver: Any) -> None:
+    """examples/celery_fanout: the parent reports 4/4 children and the spans form one trace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(REDIS_URL=redis_server.url, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint,
+               OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_BSP_SCHEDULE_DELAY="100",
+               OTEL_METRICS_EXPORTER="none", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "examples.celery_fanout.run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=150)
+    assert 0 == out.returncode, out.stdout + out.stderr
+    assert "children: 4/4 finished, 100%" in out.stdout
+    trace_id = re.search(r"trace id ([0-9a-f]{32})", out.stdout)
+    assert trace_id, out.stdout
+    spans = otlp_receiver.wait_for_spans(
+        lambda s: sum(x.name == "run/fanout.scan_file" for x in s) == 4, timeout=20)
+    assert {trace_id.group(1)} == {s.trace_id for s in spans if "scan" in s.name}

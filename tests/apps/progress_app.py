@@ -166,3 +166,16 @@ def retrying(self: Any) -> str:
             raise self.retry(countdown=0)
     updater.insert_final_update()
     return "second try"
+
+
+@shared_task(bind=True, name="progress_app.tagged")
+def tagged(self: Any, tag: str) -> str:
+    """Sections and notifications named by ``tag``: concurrent runs must not mix them."""
+    updater = TaskUpdater()
+    for part in ("a", "b"):
+        with updater(task_name=f"{tag}-{part}"):
+            for i in range(5):
+                updater.notify(f"{tag}-{part}-{i}")
+                time.sleep(0.02)
+    updater.insert_final_update()
+    return tag
