@@ -145,7 +145,7 @@ def _on_before_publish(
         if not task_id:
             return
         parent = _bridge.current_celery_task()
-        if parent is not None:
+        if parent is not None and parent.task_id != str(task_id):  # retry() re-publishes itself
             run = _bridge.run_of_task(parent.task_id)
             if run is not None and len(run.children) < 10_000:
                 run.children.append(str(task_id))

@@ -223,7 +223,7 @@ def test_retry_is_not_an_error_and_the_run_continues(
     assert "Retry" in str(first.attributes[A.INTERRUPTED])
     payload = get_progress(result.id, app=app.app)
     assert payload is not None
-    assert ("succeeded", 2) == (payload["state"], payload["attempt"])
+    assert ("succeeded", 2, []) == (payload["state"], payload["attempt"], payload["children"])
 
 
 def test_sigterm_mid_task_still_delivers_the_spans(

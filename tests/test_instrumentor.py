@@ -149,3 +149,18 @@ def test_a_task_calling_itself_directly_ends_its_run_once(
 
     assert "False" == job.delay(1).get()
     assert {"level 0", "level 1"} <= set(spans.names())
+
+
+def test_republishing_itself_is_not_a_child_but_other_tasks_are(
+        instrumented: ProgressInstrumentor, eager_app: Celery) -> None:
+    """retry() re-publishes the task's own id: it must not list itself among its children."""
+
+    @eager_app.task(bind=True, name="eager.publisher")
+    def job(self: Any) -> list[str]:
+        updater = TaskUpdater()
+        _hooks._on_before_publish(sender="eager.publisher",
+                                  headers={"id": self.request.id, "task": "eager.publisher"})
+        _hooks._on_before_publish(sender="other", headers={"id": "child-1", "task": "other"})
+        return list(updater._run.children)
+
+    assert ["child-1"] == job.delay().get()
