@@ -46,11 +46,6 @@ def set_min_interval(seconds: float) -> None:
     _min_interval = max(float(seconds), 0.01)
 
 
-def min_interval() -> float:
-    """The current write interval."""
-    return _min_interval
-
-
 # --- where the current Celery task is --------------------------------------------------------
 class CeleryTaskInfo:
     """What the bridge needs of the Celery task executing in this thread."""
@@ -210,18 +205,16 @@ def own_key(task_id: str) -> str:
 
 
 def write_own_key(backend: Any, task_id: str, payload: ProgressPayload) -> bool:
-    """Store ``payload`` under our own key with the backend's expiry; False if unsupported."""
-    setter = getattr(backend, "set", None)
-    encode = getattr(backend, "encode", None)
-    if setter is None or encode is None or not hasattr(backend, "get"):
+    """Store ``payload`` under our own key; False when the backend is no key-value store.
+
+    Key-value backends (Redis, cache, filesystem, ...) apply ``result_expires`` in ``set()``,
+    so the payload expires with the task's own result.
+    """
+    from celery.backends.base import BaseKeyValueStoreBackend
+
+    if not isinstance(backend, BaseKeyValueStoreBackend):
         return False
-    key = own_key(task_id)
-    if hasattr(backend, "expire") and hasattr(backend, "client"):
-        # RedisBackend.set already applies result_expires; nothing more needed.
-        setter(key, encode(payload))
-    else:
-        setter(key.encode() if isinstance(getattr(backend, "task_keyprefix", ""), bytes)
-               else key, encode(payload))
+    backend.set(own_key(task_id), backend.encode(payload))
     return True
 
 

@@ -194,6 +194,7 @@ def test_fan_out_to_another_worker_is_one_trace_and_parent_reports_children(
     assert [0, 1, 2] == [AsyncResult(i, app=app.app).get(timeout=30) for i in ids]
     spans = receiver.wait_for_spans(
         lambda s: sum(x.name == "child work" for x in s) == 3
+        and sum(x.name == "run/progress_app.child" for x in s) == 3
         and any(x.name == "run/progress_app.fanout" for x in s), timeout=20)
     parent_run = _one(spans, "run/progress_app.fanout")
     fan = _one(spans, "fan out")
@@ -348,3 +349,24 @@ def test_concurrent_tasks_in_a_thread_pool_do_not_mix(
         assert payload is not None
         assert [f"{tag}-a", f"{tag}-b"] == [sec["name"] for sec in payload["sections"]]
         assert {"finished": 2, "total": 2} == payload["jobs"]
+
+
+def test_chains_and_chords_started_in_a_section_join_the_trace(
+        app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+        receiver: OtlpGrpcReceiver) -> None:
+    """chain and chord members run in the same trace as the task that started them."""
+    env = _otel_env(receiver)
+    celery_worker_factory(APP, concurrency=2, queues=("celery",), name="ca", env=env)
+    celery_worker_factory(APP, concurrency=2, queues=("B",), name="cb", env=env)
+    chain_id, chord_id = app.chained.delay().get(timeout=30)
+    assert 2 == AsyncResult(chain_id, app=app.app).get(timeout=30)
+    assert 5 == AsyncResult(chord_id, app=app.app).get(timeout=30)
+    spans = receiver.wait_for_spans(
+        lambda s: sum(x.name == "run/progress_app.child" for x in s) == 5
+        and any(x.name == "run/progress_app.chained" for x in s), timeout=30)
+    root = _one(spans, "run/progress_app.chained")
+    assert {root.trace_id} == {s.trace_id for s in spans if s.name == "run/progress_app.child"}
+    section = _one(spans, "compose")
+    first_publishes = [s for s in spans if s.name == "apply_async/progress_app.child"
+                       and s.parent_span_id == section.span_id]
+    assert first_publishes, "nothing was published from the section"

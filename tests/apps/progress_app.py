@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery, group, shared_task
+from celery import Celery, chain, chord, group, shared_task
 
 from otel_progress import Observer, TaskUpdater, configure
 from otel_progress.celery import ProgressInstrumentor
@@ -179,3 +179,14 @@ def tagged(self: Any, tag: str) -> str:
                 time.sleep(0.02)
     updater.insert_final_update()
     return tag
+
+
+@shared_task(bind=True, name="progress_app.chained")
+def chained(self: Any) -> list[str]:
+    """From inside a section: a chain and a chord of children (queue B)."""
+    updater = TaskUpdater()
+    with updater(task_name="compose"):
+        a = chain(child.si(1), child.si(2)).apply_async()
+        b = chord([child.si(3), child.si(4)], child.si(5)).apply_async()
+    updater.insert_final_update()
+    return [str(a.id), str(b.id)]
