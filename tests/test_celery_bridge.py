@@ -207,6 +207,7 @@ def test_fan_out_to_another_worker_is_one_trace_and_parent_reports_children(
                                      if s.name.endswith("child") or s.name == "child work"}
     payload = get_progress(parent_run.attributes[A.TASK_UUID], app=app.app)
     assert payload is not None
+    jsonschema.validate(payload, schema())
     assert sorted(ids) == sorted(payload["children"])
     summary = payload["children_progress"]
     assert (3, 3, 0, 100.0) == (summary["total"], summary["finished"], summary["failed"],
