@@ -123,12 +123,13 @@ def test_hot_loop_writes_at_most_once_per_interval(
                           env=_otel_env(receiver, OTEL_PROGRESS_TEST_MIN_INTERVAL="0.5"))
     redis_server.reset_stats()
     result = app.hot_loop.delay(2.0)
-    advances = result.get(timeout=30)
+    advances, duration = result.get(timeout=30)
     stats = redis_server.commandstats()
     writes = stats.get("set", 0) + stats.get("setex", 0)
+    ours = writes - 1  # one of them is Celery storing the task's own result
     assert advances >= 100_000
-    # 2 s / 0.5 s = 4 progress writes, + queued + final payload + Celery's SUCCESS + slack 2
-    assert writes <= 2.0 / 0.5 + 5, stats
+    assert ours <= duration / 0.5 + 3, (duration, stats)
+    assert ours >= 3, "the flusher did not publish the changing progress"
 
 
 def test_fail_then_return_stays_failed_for_the_frontend(app: Any, worker: CeleryWorker) -> None:
