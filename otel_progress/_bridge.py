@@ -125,9 +125,19 @@ def run_for_current_task(
         expected_sections=expected_sections,
         include_traceback=include_traceback,
     )
-    if observed_task is not None and callable(getattr(observed_task, "update_state", None)):
+    if _is_duck_sink(observed_task):
         publisher_for(run, _DuckSink(observed_task))
     return run
+
+
+def _is_duck_sink(obj: Any) -> bool:
+    """An object with ``update_state`` that is not a Celery task outside its execution (a
+    Celery task has no id to write under then: ``task.run()`` called directly, say)."""
+    if obj is None or not callable(getattr(obj, "update_state", None)):
+        return False
+    from celery.app.task import Task
+
+    return not isinstance(obj, Task)
 
 
 def _has_result_backend(task: Any) -> bool:

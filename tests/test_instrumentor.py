@@ -12,7 +12,7 @@ from celery.app.task import Task
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.trace import StatusCode
 
-from otel_progress import Observer, TaskUpdater, _hooks
+from otel_progress import Observer, TaskUpdater, _bridge, _hooks
 from otel_progress import _attributes as A
 from otel_progress.celery import ProgressInstrumentor
 from otel_progress.testing import SpanCapture
@@ -164,3 +164,18 @@ def test_republishing_itself_is_not_a_child_but_other_tasks_are(
         return list(updater._run.children)
 
     assert ["child-1"] == job.delay().get()
+
+
+def test_observer_of_a_celery_task_called_directly_publishes_nowhere(
+        eager_app: Celery, spans: SpanCapture) -> None:
+    """task.run() outside a worker: no task id to write under, so spans only."""
+
+    @eager_app.task(bind=True, name="eager.direct")
+    def job(self: Any) -> float:
+        observer = Observer(self)
+        observer.update("x", current=10)
+        assert _bridge.publisher_of(observer.run) is None
+        return float(observer.success("done")[1]["percent"])
+
+    assert 100.0 == job.run()
+    assert "eager.direct" in spans.names()
