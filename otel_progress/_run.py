@@ -8,6 +8,7 @@ counters when a section closes, a notification is made, or the flusher runs.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -512,8 +513,16 @@ class Run:
             if self.include_traceback:
                 data["traceback"] = self.latest_traceback
             for key, value in self.extra.items():
-                data.setdefault(key, value)  # type: ignore[misc]
+                data.setdefault(key, _json_safe(value))  # type: ignore[misc]
         return _fit(data)
+
+
+def _json_safe(value: Any) -> Any:
+    """A caller's meta value as JSON can carry it (others become capped text, NaN null)."""
+    try:
+        return json.loads(json.dumps(value, default=safe_str, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return safe_str(value)
 
 
 def _time_spent(seconds: float) -> str:

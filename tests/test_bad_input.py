@@ -225,3 +225,15 @@ def test_payload_without_an_sdk_has_null_trace_ids(tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True)
     assert "None None {'finished': 1, 'total': 1} 1" == out.stdout.strip()
+
+
+def test_observer_meta_values_that_are_not_json_are_published_as_text() -> None:
+    """meta={"when": datetime, "ratio": nan} keeps a valid payload with the log intact."""
+    import datetime
+
+    observer = Observer(None)
+    observer.update("x", meta={"when": datetime.date(2026, 1, 2), "ratio": float("nan"),
+                               "ok": [1, 2]})
+    payload: Any = observer.run.payload()
+    _valid(payload)
+    assert ("2026-01-02", "nan", [1, 2]) == (payload["when"], payload["ratio"], payload["ok"])
