@@ -93,3 +93,17 @@ def test_fanout_example_runs_two_workers_as_one_trace(
     spans = otlp_receiver.wait_for_spans(
         lambda s: sum(x.name == "run/fanout.scan_file" for x in s) == 4, timeout=20)
     assert {trace_id.group(1)} == {s.trace_id for s in spans if "scan" in s.name}
+
+
+def test_demo_sends_its_spans_to_an_otlp_endpoint_when_set(otlp_receiver: Any) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the demo's span tree reaches that backend."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.endpoint, OTEL_METRICS_EXPORTER="none",
+               OTEL_SERVICE_NAME="demo-test")
+    out = subprocess.run([sys.executable, "-m", "otel_progress.cli", "demo", "--scale", "0"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert 0 == out.returncode, out.stderr
+    spans = otlp_receiver.wait_for_spans(6, timeout=10)  # the run, 2 parts, 3 subtasks
+    assert {"TEST", "TEST - First part", "TEST - Second part", "My subtask 1 in my task 2",
+            "My subtask 2 in my task 2", "My subtask 3 in my task 2"} <= {s.name for s in spans}
+    assert {"demo-test"} == {s.resource["service.name"] for s in spans}
