@@ -20,11 +20,13 @@ from otel_progress.testing import SpanCapture
 
 @pytest.fixture
 def instrumented() -> Iterator[ProgressInstrumentor]:
-    """ProgressInstrumentor on for the test, off afterwards."""
+    """ProgressInstrumentor on for the test; afterwards as it was (a test app may have it on)."""
     instrumentor = ProgressInstrumentor()
+    was_on = instrumentor.is_instrumented_by_opentelemetry
     instrumentor.instrument()
     yield instrumentor
-    instrumentor.uninstrument()
+    if not was_on:
+        instrumentor.uninstrument()
 
 
 @pytest.fixture
@@ -50,14 +52,22 @@ def test_instrument_turns_on_celery_instrumentation_and_the_hook(
 
 def test_uninstrument_undoes_exactly_what_instrument_did() -> None:
     """After uninstrument(), Task.__call__ and the Celery instrumentation are as before."""
-    before_call = Task.__dict__["__call__"]
-    before_celery = CeleryInstrumentor().is_instrumented_by_opentelemetry
     instrumentor = ProgressInstrumentor()
-    instrumentor.instrument()
-    instrumentor.uninstrument()
-    assert before_call is Task.__dict__["__call__"]
-    assert before_celery == CeleryInstrumentor().is_instrumented_by_opentelemetry
-    assert not _hooks._connected
+    was_on = instrumentor.is_instrumented_by_opentelemetry  # a test app module may have done it
+    if was_on:
+        instrumentor.uninstrument()
+    try:
+        before_call = Task.__dict__["__call__"]
+        before_celery = CeleryInstrumentor().is_instrumented_by_opentelemetry
+        instrumentor.instrument()
+        assert before_call is not Task.__dict__["__call__"]
+        instrumentor.uninstrument()
+        assert before_call is Task.__dict__["__call__"]
+        assert before_celery == CeleryInstrumentor().is_instrumented_by_opentelemetry
+        assert not _hooks._connected
+    finally:
+        if was_on:
+            instrumentor.instrument()
 
 
 def test_eager_task_sections_are_children_of_run_span(
