@@ -256,7 +256,6 @@ class Publisher:
         self.urgent = False
         self.closed = False
         self.warned = False
-        self.writes = 0
         self.write_lock = threading.Lock()
 
     def due(self, now: float) -> float:
@@ -305,7 +304,6 @@ class Publisher:
     def _write(self, call: Callable[[], None]) -> None:
         try:
             call()
-            self.writes += 1
         except Exception as exc:
             if not self.warned:
                 self.warned = True

@@ -619,7 +619,3 @@ def end_open_runs() -> None:
             internal_error("atexit", exc)
 
 
-def _reset_for_tests() -> None:
-    _open_runs.clear()
-
-
