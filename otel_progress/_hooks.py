@@ -19,7 +19,7 @@ from typing import Any
 from otel_progress import _bridge
 from otel_progress._payload import ProgressPayload
 from otel_progress._run import FAILED, Run
-from otel_progress._safety import exception_text, internal_error, log_once, safe_str
+from otel_progress._safety import internal_error, log_once, safe_str
 
 _original_call: Callable[..., Any] | None = None
 _connected: list[tuple[Any, Callable[..., Any]]] = []
@@ -103,9 +103,7 @@ def task_ended(task_id: str, exc: BaseException | None) -> None:
         if exc is not None and outcome == FAILED and run.latest_exc is not exc:
             # Celery's instrumentation records it on run/<task>: remember it, don't record it.
             run.failed = True
-            run.latest_exc = exc
-            run.exc_type = type(exc).__name__
-            run.exc_message = exception_text(exc)
+            run.remember_exception(exc)
         _bridge.finalize_run(run, outcome=outcome)
     except Exception as err:
         internal_error("celery.task_ended", err)

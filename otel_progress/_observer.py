@@ -12,8 +12,6 @@ import logging
 import time
 from typing import Any, Final
 
-from opentelemetry.trace import Status, StatusCode
-
 from otel_progress import _attributes as A
 from otel_progress import _bridge
 from otel_progress._run import Run, record_exception
@@ -24,7 +22,6 @@ from otel_progress._safety import (
     format_message,
     internal_error,
     safe_str,
-    type_name,
 )
 
 PROGRESS: Final = "PROGRESS"
@@ -228,8 +225,7 @@ class Observer:
             if outcome == "failed":
                 run.failed = True
                 if err is not None:
-                    run._remember_exception(err)
-                    run.exc_message = exception_text(err)
+                    run.remember_exception(err)
                 else:
                     run.exc_type = safe_str(getattr(exc_type, "__name__", "RuntimeError"), 200)
                     run.exc_message = text
@@ -243,8 +239,7 @@ class Observer:
                             recorded = RuntimeError(text)
                     if recorded is not None:
                         record_exception(span, recorded)
-                        span.set_attribute(A.ERROR_TYPE, type_name(recorded))
-                    span.set_status(Status(StatusCode.ERROR, text))
+            # finish() sets the ERROR status and error.type on the run span
             run.finish(outcome=outcome, final_line=False)  # type: ignore[arg-type]
             _bridge.request_flush(run)
             if text:

@@ -306,7 +306,7 @@ class Run:
             node.error = exception_text(exc)
             counted_here = self.counted_exc is not exc
             self.counted_exc = exc  # exceptions do not support weakrefs; latest_exc holds it too
-            self._remember_exception(exc)
+            self.remember_exception(exc)
         if recording:
             attrs = node.progress_attributes()
             attrs[A.SECTION_STATE] = node.state
@@ -355,7 +355,8 @@ class Run:
         with self.lock:
             return list(self._open_all.values())
 
-    def _remember_exception(self, exc: BaseException) -> None:
+    def remember_exception(self, exc: BaseException) -> None:
+        """Keep ``exc`` as the run's latest exception (payload keys, the run span's error.type)."""
         self.latest_exc = exc
         self.exc_type = type(exc).__name__
         self.exc_message = exception_text(exc)
@@ -418,8 +419,10 @@ class Run:
             if self.state in (FAILED, "revoked"):
                 desc = self.exc_message or f"{self.jobs_finished} out of {self.jobs_total} jobs"
                 span.set_status(Status(StatusCode.ERROR, desc))
-                if self.exc_type and self.owns_span:
-                    span.set_attribute(A.ERROR_TYPE, self.exc_type)
+                # An attribute, not a second exception record: fine on run/<task> too.
+                error_type = type_name(self.latest_exc) if self.latest_exc else self.exc_type
+                if error_type:
+                    span.set_attribute(A.ERROR_TYPE, error_type)
             elif self.owns_span:
                 # OK is final in the SDK: set it only on a span otel_progress owns.
                 span.set_status(Status(StatusCode.OK))

@@ -184,7 +184,6 @@ class TaskUpdater:
                 raise TypeError("expected_sections must be an int or None")
             if expected_sections < 1:
                 raise ValueError("expected_sections must be >= 1")
-        self._verbose = bool(verbose)
         self._suppress = suppress_exceptions
         self._current: ContextVar[Node | None] = ContextVar(
             f"otel_progress_section_{next(_ids)}", default=None
