@@ -23,10 +23,11 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from otel_progress import _bridge, _hooks
+from otel_progress._bridge import FINAL_TIMEOUT
 from otel_progress._package import _instruments
 from otel_progress._payload import FINAL_STATES, SCHEMA_VERSION, ProgressPayload
 
-__all__ = ["ProgressInstrumentor", "get_progress"]
+__all__ = ["FINAL_TIMEOUT", "ProgressInstrumentor", "get_progress"]
 
 _CELERY_FINAL = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
 MAX_CHILDREN_READ = 100
