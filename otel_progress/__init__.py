@@ -1,11 +1,10 @@
 """otel_progress: the progress of Celery tasks as OpenTelemetry traces and as live progress
 metadata for web frontends, from the same two seed APIs (``TaskUpdater`` and ``Observer``)."""
 
-from otel_progress import _hooks  # noqa: F401  (connects worker_init: the task-end hook)
-from otel_progress._bridge import set_min_interval
 from otel_progress._config import configure, dropped_spans, force_flush, reset, shutdown
 from otel_progress._observer import Observer
 from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
+from otel_progress._publish import set_min_interval
 from otel_progress._sections import Section, TaskUpdater
 from otel_progress._version import __version__
 

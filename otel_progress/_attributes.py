@@ -9,41 +9,41 @@ from __future__ import annotations
 from typing import Final
 
 # --- span attributes (run span and section spans) ----------------------------------------------
-PERCENT: Final = "progress.percent"
+PERCENT: Final = "otel_progress.percent"
 """float, percent, 0.0..100.0 (clamped, never NaN). Overall on the run span, own on a section."""
-CURRENT: Final = "progress.current"
+CURRENT: Final = "otel_progress.current"
 """int or float, items done, >= 0 (set by ``progress(current=)``/``advance()``/Observer; absent
 until something was reported)."""
-TOTAL: Final = "progress.total"
+TOTAL: Final = "otel_progress.total"
 """int or float, items expected, > 0 (absent when unknown)."""
-TASK_UUID: Final = "progress.task_uuid"
+TASK_UUID: Final = "otel_progress.task_uuid"
 """str, the TaskUpdater's ``task_uuid`` (the Celery task id inside a task). Run span only:
 sections reach it through their trace."""
-TASK_NAME: Final = "progress.task_name"
+TASK_NAME: Final = "otel_progress.task_name"
 """str, the TaskUpdater's ``task_name`` (the Celery task name inside a task). Run span and every
 section (a span-metrics dimension)."""
-SECTION_NAME: Final = "progress.section"
+SECTION_NAME: Final = "otel_progress.section"
 """str, the section's name as given (also the span name)."""
-SECTION_STATE: Final = "progress.state"
+SECTION_STATE: Final = "otel_progress.state"
 """str, one of ``running, succeeded, failed`` on sections; the run's payload state on the run."""
-SECTION_DEPTH: Final = "progress.depth"
+SECTION_DEPTH: Final = "otel_progress.depth"
 """int, >= 1: 1 for a top-level section, 2 for its children, ..."""
-JOBS_FINISHED: Final = "progress.jobs.finished"
+JOBS_FINISHED: Final = "otel_progress.jobs.finished"
 """int, >= 0, jobs that succeeded so far (set on the run span when it ends)."""
-JOBS_TOTAL: Final = "progress.jobs.total"
+JOBS_TOTAL: Final = "otel_progress.jobs.total"
 """int, >= 0, jobs (leaf or failed sections) closed so far."""
-STATUS: Final = "progress.status"
+STATUS: Final = "otel_progress.status"
 """int, the seed's status: 2 running, 1 every job succeeded, 0 a job failed (run span only)."""
-INTERRUPTED: Final = "progress.interrupted"
+INTERRUPTED: Final = "otel_progress.interrupted"
 """str, set when control flow (Retry, Ignore, Reject, KeyboardInterrupt, ...) left a section:
 the exception's qualified type name. Not an error."""
 ERROR_TYPE: Final = "error.type"
 """str, OTel semantic convention: qualified type name of the exception that failed the span."""
 
 # --- span events -------------------------------------------------------------------------------
-# A notification's event name is its message (truncated to MAX_EVENT_NAME characters).
-MAX_EVENT_NAME: Final = 1000
-"""Characters kept of a notification message in the event name, the log and the payload."""
+# A notification's event name is its message (truncated to MAX_MESSAGE characters).
+MAX_MESSAGE: Final = 1000
+"""Characters kept of a message: event name, log line, payload description (the one cap)."""
 
 # --- metrics (OTel metrics API; exported with the same configuration as spans) -------------------
 METRIC_SECTIONS: Final = "otel_progress.sections"

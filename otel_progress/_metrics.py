@@ -11,20 +11,35 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 
 from otel_progress import _attributes as A
-from otel_progress._safety import guarded
+from otel_progress._safety import guard
 
-if TYPE_CHECKING:
-    from otel_progress._run import Run
+
+class _Tracked(Protocol):
+    """What the progress-age gauge reads of a run."""
+
+    finished: bool
+    task_name: str
+    last_progress: float
+
 
 _lock = threading.Lock()
 _instruments: dict[str, Any] = {}
 _seen: dict[str, set[str]] = {A.LABEL_TASK_NAME: set(), A.LABEL_SECTION_NAME: set()}
-_running: weakref.WeakSet[Run] = weakref.WeakSet()
+_running: weakref.WeakSet[Any] = weakref.WeakSet()
+_meter_provider: metrics.MeterProvider | None = None
+
+
+def use_meter_provider(provider: metrics.MeterProvider | None) -> None:
+    """Record on ``provider`` (``instrument(meter_provider=)``); None: the global one."""
+    global _meter_provider
+    with _lock:
+        _meter_provider = provider
+        _instruments.clear()
 
 
 def _capped(label: str, value: str) -> str:
@@ -42,7 +57,7 @@ def _get() -> dict[str, Any]:
     if not _instruments:
         with _lock:
             if not _instruments:
-                meter = metrics.get_meter("otel_progress")
+                meter = metrics.get_meter("otel_progress", meter_provider=_meter_provider)
                 _instruments["sections"] = meter.create_counter(
                     A.METRIC_SECTIONS, unit="{section}", description="Finished sections by status."
                 )
@@ -61,7 +76,7 @@ def _get() -> dict[str, Any]:
     return _instruments
 
 
-@guarded()
+@guard("metrics.record_section")
 def record_section(task_name: str, section_name: str, status: str, duration_s: float) -> None:
     """Count one finished section and record its duration."""
     inst = _get()
@@ -74,13 +89,13 @@ def record_section(task_name: str, section_name: str, status: str, duration_s: f
     inst["duration"].record(max(duration_s, 0.0), labels)
 
 
-def track_running(run: Run) -> None:
+def track_running(run: _Tracked) -> None:
     """Include ``run`` in the progress-age gauge until it finishes."""
     _get()
     _running.add(run)
 
 
-def untrack(run: Run) -> None:
+def untrack(run: _Tracked) -> None:
     """Drop ``run`` from the progress-age gauge."""
     _running.discard(run)
 

@@ -12,14 +12,15 @@ import logging
 import time
 from typing import Any, Final
 
-from otel_progress import _attributes as A
-from otel_progress import _bridge
-from otel_progress._run import Run, record_exception
+from otel_progress import _celery, _publish, _spans
+from otel_progress._attributes import MAX_MESSAGE
+from otel_progress._run import Run
 from otel_progress._safety import (
-    MAX_MESSAGE,
+    MAX_INT,
     as_number,
     exception_text,
     format_message,
+    guard,
     internal_error,
     safe_str,
 )
@@ -93,7 +94,7 @@ class Observer:
         """Add ``val`` to the position and return it."""
         num = as_number(val, "Observer.increment", self)
         if num is not None:
-            self._pos = max(self._pos + num, 0)
+            self._pos = max(min(self._pos + num, MAX_INT), 0)
         return self._pos
 
     @property
@@ -101,7 +102,7 @@ class Observer:
         """The run this observer reports to (created on first use)."""
         run = self._run
         if run is None:
-            run = self._run = _bridge.run_for_current_task(
+            run = self._run = _celery.run_for_current_task(
                 observed_task=self._task, include_traceback=self._include_traceback
             )
         return run
@@ -128,11 +129,11 @@ class Observer:
                 total = abs(num) if num else 100
             if current is None:
                 if increment:
-                    if step.__class__ is int and step > 0:
-                        self._pos += step
+                    if step.__class__ is int and 0 < step <= MAX_INT:
+                        self._pos = min(self._pos + step, MAX_INT)
                     else:
                         num = as_number(step, "Observer.update(step=)", self)
-                        self._pos += abs(num) if num else 1
+                        self._pos = min(self._pos + (abs(num) if num else 1), MAX_INT)
             else:
                 self.pos = current
             cur = self._pos
@@ -161,9 +162,10 @@ class Observer:
             run.last_progress = time.time()
             if state not in _TERMINAL:
                 run.celery_state = state if state.__class__ is str else PROGRESS
-            if text != self._last_msg:
-                self._last_msg = text
-                self._event(run, text, percent, cur, total)
+            new_text = text != self._last_msg
+            self._last_msg = text
+            _spans.observer_progress(run, safe_str(text) if new_text else None, percent, cur,
+                                     total)
             return state, data
         except Exception as exc:
             internal_error("Observer.update", exc)
@@ -204,14 +206,6 @@ class Observer:
         return state, data
 
     # --- internals -----------------------------------------------------------------------------
-    def _event(self, run: Run, text: str, percent: float, cur: int | float,
-               total: int | float) -> None:
-        span = run.node.span
-        if span.is_recording():
-            name = safe_str(text)
-            span.add_event(name or "progress", {A.PERCENT: percent, A.CURRENT: cur, A.TOTAL: total})
-            span.set_attributes({A.PERCENT: percent, A.CURRENT: cur, A.TOTAL: total})
-
     def _finish(
         self,
         outcome: str,
@@ -220,7 +214,7 @@ class Observer:
         level: int,
         exc_type: type[BaseException] | None = None,
     ) -> None:
-        try:
+        with guard("Observer.finish"):
             run = self.run
             if outcome == "failed":
                 run.failed = True
@@ -229,20 +223,10 @@ class Observer:
                 else:
                     run.exc_type = safe_str(getattr(exc_type, "__name__", "RuntimeError"), 200)
                     run.exc_message = text
-                span = run.node.span
-                if span.is_recording():
-                    recorded = err
-                    if recorded is None and exc_type is not None:
-                        try:
-                            recorded = exc_type(text)
-                        except Exception:
-                            recorded = RuntimeError(text)
-                    if recorded is not None:
-                        record_exception(span, recorded)
-            # finish() sets the ERROR status and error.type on the run span
-            run.finish(outcome=outcome, final_line=False)  # type: ignore[arg-type]
-            _bridge.request_flush(run)
+                    run.error_type = run.exc_type
+                _spans.record_failure(run, err, exc_type, text)
+            if run.finish(outcome=outcome, final_line=False):  # type: ignore[arg-type]
+                _spans.end_run(run)  # ERROR status and error.type on a failure
+            _publish.request_flush(run)
             if text:
                 self._logger.log(level, "%s", text)
-        except Exception as exc:
-            internal_error("Observer.finish", exc)

@@ -1,9 +1,10 @@
-"""Telemetry never breaks the task it observes: clamps, safe text, and the internal-error guard.
+"""Telemetry never breaks the task it observes: clamps, safe text, and the one internal-error guard.
 
-Every public entry point that runs inside a user's task goes through :func:`guarded` or uses the
-clamps below. Internal errors are logged once per call site and swallowed, except in strict mode
-(``otel_progress.testing.strict()``, the test suite's default) where they are re-raised so bugs
-are not hidden.
+Every public entry point that runs inside a user's task goes through :class:`guard` (as a
+decorator or a ``with`` block) or uses the clamps below. Internal errors are logged once per call
+site and swallowed, except in strict mode (``otel_progress.testing.strict()``, or the environment
+variable ``OTEL_PROGRESS_STRICT=1`` that the test suite sets for its workers and child
+processes) where they are re-raised so bugs are not hidden.
 """
 
 from __future__ import annotations
@@ -12,27 +13,37 @@ import functools
 import logging
 import math
 import numbers
+import os
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
+from otel_progress._attributes import MAX_MESSAGE
+
 logger: Final = logging.getLogger("otel_progress")
+"""The one logger otel_progress writes to."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_strict = False
+STRICT_ENV: Final = "OTEL_PROGRESS_STRICT"
+"""``1`` turns strict mode on at import (worker processes of a test suite)."""
+INTERNAL_ERROR_MARK: Final = "otel_progress internal error"
+"""Start of the log line of a swallowed internal error (tests grep worker logs for it)."""
+
+_strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes")
 _logged_sites: set[str] = set()
 _logged_lock = threading.Lock()
 
-MAX_MESSAGE: Final = 1000
-"""Characters kept of a message (event name, log line, payload description)."""
 MAX_NAME: Final = 200
 """Characters kept of a section name in the payload tree."""
 MAX_ATTRIBUTE_TEXT: Final = 4096
 """Characters kept of a caller's string attribute value (the SDK's SpanLimits cap it again)."""
 MAX_NUMBER: Final = 1e15
 """Largest magnitude kept for current/total; larger values are clamped (JSON-safe, exact)."""
+MAX_INT: Final = 10**15
+"""``MAX_NUMBER`` as an int: huge ints are clamped without a float conversion (10**400)."""
 
 
 def set_strict(value: bool) -> None:
@@ -65,14 +76,39 @@ def internal_error(site: str, exc: BaseException) -> None:
         first = site not in _logged_sites
         _logged_sites.add(site)
     if first:
-        logger.warning("otel_progress internal error in %s (ignored)", site, exc_info=exc)
+        logger.warning("%s in %s (ignored)", INTERNAL_ERROR_MARK, site, exc_info=exc)
 
 
-def guarded(default: Any = None) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Decorate an internal entry point so an error inside it never reaches user code."""
+class guard:  # used like a function: ``@guard("site")`` / ``with guard("site"):``
+    """The one internal-error guard: a decorator and a context manager.
 
-    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
-        site = func.__qualname__
+    An ``Exception`` raised inside is an otel_progress bug or a backend fault: it is logged once
+    per site and swallowed (the decorated function returns ``default``), or re-raised in strict
+    mode. ``BaseException`` (KeyboardInterrupt, SystemExit) always passes through.
+    """
+
+    __slots__ = ("default", "site")
+
+    def __init__(self, site: str, default: Any = None) -> None:
+        self.site = site
+        self.default = default
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        internal_error(self.site, exc)
+        return True
+
+    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]:
+        site, default = self.site, self.default
 
         @functools.wraps(func)
         def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -83,8 +119,6 @@ def guarded(default: Any = None) -> Callable[[Callable[_P, _R]], Callable[_P, _R
                 return default  # type: ignore[no-any-return]
 
         return wrapper
-
-    return decorate
 
 
 def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:
@@ -154,14 +188,20 @@ def as_number(value: object, site: str, owner: object = None) -> float | int | N
     cls = value.__class__
     if cls is int:
         num: float | int = value  # type: ignore[assignment]
-        if -MAX_NUMBER <= num <= MAX_NUMBER:
+        if -MAX_INT <= num <= MAX_INT:
             return num
-        return int(math.copysign(MAX_NUMBER, num))
+        log_once(f"{site}@{id(owner)}:big", "otel_progress: %s got a huge int: clamped", site)
+        return MAX_INT if num > 0 else -MAX_INT
     if cls is bool:
         log_once(f"{site}@{id(owner)}:bool", "otel_progress: %s got a bool, ignored", site)
         return None
     try:
-        if isinstance(value, numbers.Real):
+        if isinstance(value, numbers.Integral):
+            big = int(value)
+            if not -MAX_INT <= big <= MAX_INT:
+                return MAX_INT if big > 0 else -MAX_INT
+            num = float(big)
+        elif isinstance(value, numbers.Real):
             num = float(value)
         elif isinstance(value, str):
             num = float(value.strip())

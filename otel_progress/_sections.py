@@ -18,17 +18,15 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-
-from otel_progress import _bridge
+from otel_progress import _celery, _payload, _publish, _spans
 from otel_progress._payload import ProgressPayload
-from otel_progress._run import NEVER_SUPPRESSED_ERRORS, Node, Run, is_control_flow
+from otel_progress._run import STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING, Node, Run
 from otel_progress._safety import (
+    MAX_INT,
     as_number,
     attribute_value,
     clamp_percent,
-    guarded,
+    guard,
     internal_error,
     log_once,
     safe_str,
@@ -36,11 +34,6 @@ from otel_progress._safety import (
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _ids = itertools.count()
-
-STATUS_FAILED: Final = 0
-STATUS_COMPLETED: Final = 1
-STATUS_RUNNING: Final = 2
-
 
 class _Entered:
     """One entry of a section: its node and the tokens to restore on exit."""
@@ -108,43 +101,35 @@ class Section:
 
     def _enter(self) -> None:
         updater = self._updater
-        try:
+        with guard("TaskUpdater.section.enter"):
             run = updater._run
             parent = updater._current.get()
             if parent is not None and parent.state != "running":
                 parent = None  # a stale context (e.g. a thread copied it after the exit)
-            node = run.open_section(self._name, parent)
-            ctx = trace.set_span_in_context(node.span)
-            entry = _Entered(node, otel_context.attach(ctx), updater._current.set(node))
-            self._entered.append(entry)
-        except Exception as exc:
-            internal_error("TaskUpdater.section.enter", exc)
+            node = run.add_section(self._name, parent)
+            token = _spans.start_section(run, node)
+            self._entered.append(_Entered(node, token, updater._current.set(node)))
 
     def _exit(self, exc: BaseException | None) -> bool:
         updater = self._updater
         if not self._entered:
             return False
         entry = self._entered.pop()
-        is_error = False
-        try:
-            is_error = updater._run.close_section(entry.node, exc)
-        except Exception as err:
-            internal_error("TaskUpdater.section.exit", err)
+        outcome = _celery.outcome_of(exc)
+        with guard("TaskUpdater.section.exit"):
+            run = updater._run
+            if run.close_section(entry.node, outcome, exc if outcome != "succeeded" else None):
+                _spans.end_section(run, entry.node, exc)
         try:
             updater._current.reset(entry.var_token)
         except ValueError:  # exited in another context (e.g. a generator): restore by hand
             updater._current.set(entry.node.parent if entry.node.depth > 1 else None)
-        try:
-            otel_context.detach(entry.otel_token)  # type: ignore[arg-type]
-        except Exception as err:  # pragma: no cover - detach logs, never raises, in the SDK
-            internal_error("TaskUpdater.section.detach", err)
-        if exc is None or not is_error:
+        with guard("TaskUpdater.section.detach"):
+            _spans.detach(entry.otel_token)
+        if exc is None or outcome != "failed":
             return False
-        assert exc is not None
-        _bridge.request_flush(updater._run)
-        return updater._suppress and not (
-            isinstance(exc, NEVER_SUPPRESSED_ERRORS) or is_control_flow(exc)
-        )
+        _publish.request_flush(updater._run)
+        return updater._suppress and not _celery.never_suppressed(exc)
 
 
 class TaskUpdater:
@@ -188,13 +173,13 @@ class TaskUpdater:
         self._current: ContextVar[Node | None] = ContextVar(
             f"otel_progress_section_{next(_ids)}", default=None
         )
-        self._run: Run = _bridge.run_for_current_task(
+        self._run: Run = _celery.run_for_current_task(
             task_uuid, task_name, expected_sections=expected_sections,
             include_traceback=include_traceback,
         )
         if verbose:
             self._run.verbose = True
-        if self._run.celery_task_id is None:
+        if self._run.ends_on_drop:
             # Outside Celery nobody else ends the run: do it when the updater is dropped.
             weakref.finalize(self, _finish_dropped, self._run)
 
@@ -202,9 +187,7 @@ class TaskUpdater:
     def __call__(self, task_name: str | None = None, **_ignored: Any) -> Section:
         """Open a section: ``with updater(task_name="step"):`` (also ``async with``, decorator)."""
         name = task_name if task_name is not None else self._run.task_name
-        if not isinstance(name, str):
-            name = safe_str(name)
-        return Section(self, name)
+        return Section(self, safe_str(name))  # valid UTF-8, capped: it becomes a span name
 
     section = __call__
 
@@ -242,14 +225,15 @@ class TaskUpdater:
         """Whether a section failed."""
         return self._run.latest_exc is not None
 
-    @guarded()
+    @guard("TaskUpdater.notify")
     def notify(self, message: object, **attributes: object) -> None:
         """Record a notification: an event on the innermost open section, and a log line."""
         run = self._run
         node = self._current.get() or run.node
         text = safe_str(message)
         attrs = {safe_str(k, 200): attribute_value(v) for k, v in attributes.items()} or None
-        run.notify(node, text, attrs)
+        run.note(text)
+        _spans.notify(node, text, attrs)
 
     def progress(
         self,
@@ -288,8 +272,8 @@ class TaskUpdater:
     def advance(self, step: int | float = 1) -> None:
         """Add ``step`` to the innermost section's ``current`` (the hot path: counters only)."""
         node = self._current.get() or self._run.node
-        if step.__class__ is int:
-            node.current += step
+        if step.__class__ is int and node.current.__class__ is int:
+            node.current += step  # ints never overflow; huge ones are clamped when read
             return
         self._advance_slow(node, step)
 
@@ -297,18 +281,20 @@ class TaskUpdater:
         num = as_number(step, "advance(step=)", self)
         if num is None:
             return
-        try:
-            node.current += num
-        except Exception as exc:
-            internal_error("TaskUpdater.advance", exc)
+        with guard("TaskUpdater.advance"):
+            current = node.current
+            if current.__class__ is int and current > MAX_INT:
+                current = MAX_INT
+            total = current + num
+            node.current = max(min(total, MAX_INT), -MAX_INT)
 
     def insert_final_update(self) -> None:
         """Mark the run finished: end time, status, the log's closing line."""
-        try:
-            if self._run.finish():
-                _bridge.request_flush(self._run)
-        except Exception as exc:
-            internal_error("TaskUpdater.insert_final_update", exc)
+        with guard("TaskUpdater.insert_final_update"):
+            run = self._run
+            if run.finish():
+                _spans.end_run(run)
+                _publish.request_flush(run)
 
     def raise_latest_exception(self) -> None:
         """insert_final_update(), then re-raise the latest section exception itself, if any."""
@@ -319,19 +305,17 @@ class TaskUpdater:
 
     def to_dict(self) -> ProgressPayload:
         """The seed's status fields plus percent, trace and span ids, jobs and the section tree."""
-        return self._run.payload()
+        return _payload.build(self._run)
 
     @property
     def trace_id(self) -> str | None:
         """Hex trace id of the run (None without an SDK), for a "View trace" link."""
-        return self._run.trace_ids()[0]
+        return self._run.trace_id
 
 
 
 def _finish_dropped(run: Run) -> None:
-    try:
-        if not run.finished:
-            run.finish()
-    except Exception as exc:  # pragma: no cover - GC path
-        internal_error("TaskUpdater.finalize", exc)
+    with guard("TaskUpdater.finalize"):
+        if run.finish():
+            _spans.end_run(run)
 

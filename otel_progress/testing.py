@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_progress import _safety
+from otel_progress._attributes import PERCENT
 
 __all__ = ["SpanCapture", "capture_spans", "render_tree", "strict"]
 
@@ -164,7 +165,7 @@ def render_tree(spans: Sequence[ReadableSpan]) -> str:
     def walk(span: ReadableSpan, prefix: str, last: bool, root: bool) -> None:
         status = span.status.status_code.name
         attrs = span.attributes or {}
-        pct = attrs.get("progress.percent")
+        pct = attrs.get(PERCENT)
         extra = f"  {pct:.0f}%" if isinstance(pct, (int, float)) else ""
         branch = "" if root else ("└── " if last else "├── ")
         lines.append(f"{prefix}{branch}{span.name}  [{status}]{extra}")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otel_progress import _bridge
+from otel_progress import _publish
 from otel_progress.testing import SpanCapture, capture_spans, set_strict
 
 pytest_plugins = [
@@ -29,7 +29,7 @@ def _strict_mode() -> Iterator[None]:
 def _fast_flusher() -> Iterator[None]:
     """Restore the default write interval after tests that change it."""
     yield
-    _bridge.set_min_interval(_bridge.DEFAULT_MIN_INTERVAL)
+    _publish.set_min_interval(_publish.DEFAULT_MIN_INTERVAL)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_progress import Observer, TaskUpdater
-from otel_progress._payload import MAX_PAYLOAD_BYTES, dumps, schema
+from otel_progress._payload import MAX_PAYLOAD_BYTES, build, dumps, schema
 from otel_progress.testing import SpanCapture
 
 WEIRD_NUMBERS = [float("nan"), float("inf"), -float("inf"), -5, 10**30, True, "12", "abc",
@@ -61,7 +61,7 @@ def test_observer_update_with_weird_values_never_raises(value: object) -> None:
     for m in (meta, meta2):
         assert 0.0 <= m["percent"] <= 100.0
         assert not math.isnan(m["percent"])
-    _valid(observer.run.payload())
+    _valid(build(observer.run))
 
 
 def test_percent_over_100_is_clamped_and_never_goes_backwards() -> None:
@@ -234,6 +234,6 @@ def test_observer_meta_values_that_are_not_json_are_published_as_text() -> None:
     observer = Observer(None)
     observer.update("x", meta={"when": datetime.date(2026, 1, 2), "ratio": float("nan"),
                                "ok": [1, 2]})
-    payload: Any = observer.run.payload()
+    payload: Any = build(observer.run)
     _valid(payload)
     assert ("2026-01-02", "nan", [1, 2]) == (payload["when"], payload["ratio"], payload["ok"])

@@ -40,6 +40,7 @@ PROMETHEUS_FILE = CONFIG_DIR / "prometheus.yml"
 TEMPO_FILE = CONFIG_DIR / "tempo.yaml"
 DATASOURCES_FILE = CONFIG_DIR / "grafana" / "provisioning" / "datasources" / "datasources.yaml"
 README_FILE = CONFIG_DIR / "README.md"
+OBSERVABILITY_DOC = ROOT / "docs" / "observability.md"
 
 PINNED_COLLECTOR_VERSION = "0.115.1"
 COLLECTOR_IMAGE = f"otel/opentelemetry-collector-contrib:{PINNED_COLLECTOR_VERSION}"
@@ -381,10 +382,39 @@ def test_gateway_backend_exporters_send_otlp_to_jaeger_and_tempo() -> None:
 
 
 def test_spanmetrics_uses_library_attributes_as_dimensions() -> None:
-    """spanmetrics adds the span attributes progress.section and progress.task_name as labels."""
+    """spanmetrics adds the span attributes otel_progress.section and .task_name as labels."""
     connector = collector_config("gateway.yaml")["connectors"]["spanmetrics"]
     names = [dimension["name"] for dimension in connector["dimensions"]]
+    assert names == ["otel_progress.section", "otel_progress.task_name"]
     assert names == [attrs.SECTION_NAME, attrs.TASK_NAME]
+
+
+def test_span_metric_labels_in_docs_and_tests_are_the_dimensions() -> None:
+    """Every span-metrics label the alert tests, README and docs use is a gateway dimension."""
+    connector = collector_config("gateway.yaml")["connectors"]["spanmetrics"]
+    labels = {dimension["name"].replace(".", "_") for dimension in connector["dimensions"]}
+    texts = {
+        path.name: path.read_text(encoding="utf-8")
+        for path in (RULES_FILE, RULES_TEST_FILE, README_FILE, OBSERVABILITY_DOC)
+    }
+    for name, text in texts.items():
+        used = set(re.findall(r"\b(?:otel_)?progress_(?:task_name|section)\b", text))
+        assert used <= labels, f"{name} uses {sorted(used - labels)}"
+    series = "".join(
+        s["series"]
+        for test in load_yaml(RULES_TEST_FILE)["tests"]
+        for s in test.get("input_series", [])
+        if s["series"].startswith("traces_span_metrics_calls_total{")
+    )
+    assert labels <= set(re.findall(r"(\w+)=", series))
+
+
+def test_traceql_and_jaeger_queries_use_the_library_attributes() -> None:
+    """TraceQL (span.<attr>) and Jaeger tag queries name only otel_progress.* attributes."""
+    for path in (RULES_FILE, RULES_TEST_FILE, DATASOURCES_FILE, OBSERVABILITY_DOC):
+        text = path.read_text(encoding="utf-8")
+        assert not re.findall(r"(?<!\w)progress\.(?!age\b)\w+", text), path.name
+        assert "span.otel_progress.section" in text, path.name
 
 
 def test_spanmetrics_histogram_fits_long_tasks_in_seconds() -> None:

@@ -12,7 +12,7 @@ from celery.app.task import Task
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.trace import StatusCode
 
-from otel_progress import Observer, TaskUpdater, _bridge, _hooks
+from otel_progress import Observer, TaskUpdater, _celery, _publish
 from otel_progress import _attributes as A
 from otel_progress.celery import ProgressInstrumentor
 from otel_progress.testing import SpanCapture
@@ -47,7 +47,7 @@ def test_instrument_turns_on_celery_instrumentation_and_the_hook(
         instrumented: ProgressInstrumentor) -> None:
     """instrument(): the Celery instrumentor is active and Task.__call__ is wrapped."""
     assert CeleryInstrumentor().is_instrumented_by_opentelemetry
-    assert _hooks.hook_installed()
+    assert _celery.hook_installed()
 
 
 def test_uninstrument_undoes_exactly_what_instrument_did() -> None:
@@ -64,7 +64,7 @@ def test_uninstrument_undoes_exactly_what_instrument_did() -> None:
         instrumentor.uninstrument()
         assert before_call is Task.__dict__["__call__"]
         assert before_celery == CeleryInstrumentor().is_instrumented_by_opentelemetry
-        assert not _hooks._connected
+        assert not _celery.installed()
     finally:
         if was_on:
             instrumentor.instrument()
@@ -168,9 +168,9 @@ def test_republishing_itself_is_not_a_child_but_other_tasks_are(
     @eager_app.task(bind=True, name="eager.publisher")
     def job(self: Any) -> list[str]:
         updater = TaskUpdater()
-        _hooks._on_before_publish(sender="eager.publisher",
+        _celery._on_before_publish(sender="eager.publisher",
                                   headers={"id": self.request.id, "task": "eager.publisher"})
-        _hooks._on_before_publish(sender="other", headers={"id": "child-1", "task": "other"})
+        _celery._on_before_publish(sender="other", headers={"id": "child-1", "task": "other"})
         return list(updater._run.children)
 
     assert ["child-1"] == job.delay().get()
@@ -184,7 +184,7 @@ def test_observer_of_a_celery_task_called_directly_publishes_nowhere(
     def job(self: Any) -> float:
         observer = Observer(self)
         observer.update("x", current=10)
-        assert _bridge.publisher_of(observer.run) is None
+        assert _publish.publisher_of(observer.run) is None
         return float(observer.success("done")[1]["percent"])
 
     assert 100.0 == job.run()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry.trace import StatusCode
 
-from otel_progress import Observer, _bridge
+from otel_progress import Observer, _publish
 from otel_progress import _attributes as A
 from otel_progress.testing import SpanCapture
 
@@ -141,7 +141,7 @@ def test_exception_records_the_error_itself(spans: SpanCapture) -> None:
 
 def test_update_state_is_called_through_the_coalescing_flusher() -> None:
     """A given task gets update_state(PROGRESS, payload) from the flusher, not per call."""
-    _bridge.set_min_interval(0.05)
+    _publish.set_min_interval(0.05)
     task = FakeTask()
     observer = Observer(task)
     for i in range(1000):
@@ -159,7 +159,7 @@ def test_update_state_is_called_through_the_coalescing_flusher() -> None:
 
 def test_terminal_call_reaches_update_state_with_the_failure() -> None:
     """After fail(), the next write carries state failed and the mastf exc keys."""
-    _bridge.set_min_interval(0.05)
+    _publish.set_min_interval(0.05)
     task = FakeTask()
     Observer(task).fail("broken")
     deadline = time.monotonic() + 5
@@ -175,7 +175,7 @@ def test_observer_none_is_a_no_op_sink() -> None:
     """Observer(None) works and publishes nowhere."""
     observer = Observer(None)
     observer.update("x")
-    assert _bridge.publisher_of(observer.run) is None
+    assert _publish.publisher_of(observer.run) is None
 
 
 def test_failing_update_state_never_reaches_the_task(caplog: pytest.LogCaptureFixture) -> None:
@@ -185,7 +185,7 @@ def test_failing_update_state_never_reaches_the_task(caplog: pytest.LogCaptureFi
         def update_state(self, state: str, meta: dict[str, Any]) -> None:
             raise ConnectionError("redis down")
 
-    _bridge.set_min_interval(0.02)
+    _publish.set_min_interval(0.02)
     observer = Observer(Broken())
     for i in range(5):
         observer.update("x", current=i)
@@ -197,12 +197,12 @@ def test_failing_update_state_never_reaches_the_task(caplog: pytest.LogCaptureFi
 
 def test_finished_run_outside_celery_stops_publishing() -> None:
     """After the final state is written, the flusher lets go of the run."""
-    _bridge.set_min_interval(0.02)
+    _publish.set_min_interval(0.02)
     task = FakeTask()
     observer = Observer(task)
     observer.success("done")
     deadline = time.monotonic() + 5
-    publisher = _bridge.publisher_of(observer.run)
+    publisher = _publish.publisher_of(observer.run)
     assert publisher is not None
     while not publisher.closed and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -1,4 +1,6 @@
-"""A Celery app that only imports otel_progress: no instrumentor, spans exported by configure()."""
+"""A Celery app without ProgressInstrumentor: spans exported by configure(); with
+``OTEL_PROGRESS_TEST_INSTALL=1`` it calls ``otel_progress.celery.install()`` (the bridge without
+OpenTelemetry's Celery instrumentation)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ app.conf.update(broker_url=_url or "memory://", result_backend=_url or "cache+me
                 broker_connection_retry_on_startup=True)
 if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
     configure(service_name="plain-app-test", timeout=2)
+if os.environ.get("OTEL_PROGRESS_TEST_INSTALL") == "1":
+    from otel_progress.celery import install
+
+    install()
 
 
 @shared_task(bind=True, name="plain_app.job")
 def job(self: Any) -> str:
-    """One section; the task-end hook (installed at worker_init) writes the final payload."""
+    """One section (the final payload is written only where the bridge is installed)."""
     updater = TaskUpdater()
     with updater(task_name="only part"):
         updater.progress(current=1, total=1)

@@ -1,0 +1,477 @@
+"""The result backend: otel_progress's own key, every write and every read, each bounded in time.
+
+Writes: the progress of a running task (Celery's ``PROGRESS`` meta, for readers of
+``AsyncResult.info``, plus our own key), the ``queued`` payload at publish, and the final payload
+at the task end. None of them goes through Celery's retry loop (``RedisBackend.set`` retries 20
+times, ~60 s against a Redis that never answers): on Redis they use a client of our own with
+short socket timeouts and no retries, and a progress write is a Lua script that refuses to
+replace a final state Celery stored, or a final payload of ours (DECISIONS 26). Reads serve
+``get_progress`` and, through it, the status app and history. The interface history stores
+implement is declared here too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Final, Protocol, TypeVar
+
+from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
+
+from otel_progress._payload import (
+    CELERY_FINAL,
+    FINAL_STATES,
+    SCHEMA_VERSION,
+    ChildProgress,
+    ChildrenProgress,
+    ProgressPayload,
+    dumps,
+    from_celery,
+    queued,
+)
+from otel_progress._safety import log_once, logger, safe_str
+
+KEY_PREFIX: Final = "otel-progress-meta-"
+"""Result-backend key prefix of the payload otel_progress owns (``<prefix><task id>``)."""
+CHILDREN_PREFIX: Final = "otel-progress-children-"
+"""Key of the JSON list of a task's child task ids (the payload lists only the last 100)."""
+FINAL_TIMEOUT: Final = 5.0
+"""Seconds the task end waits for its final write at most, whatever the backend does."""
+WRITE_TIMEOUT: Final = 2.0
+"""Socket timeout of one Redis write or read of ours (connect and answer)."""
+READ_TIMEOUT: Final = 3.0
+"""Seconds a read through a backend without our own client may take."""
+QUEUED_PAUSE: Final = 30.0
+"""After a failed queued write, publishing skips further ones for this long (no 2 s per
+``delay()`` against a dead backend)."""
+CHILDREN_BATCH: Final = 100
+"""Children read per round trip when aggregating a parent's children."""
+MAX_CHILDREN: Final = 10_000
+
+_T = TypeVar("_T")
+
+
+class BackendUnavailable(ConnectionError):
+    """The result backend did not answer in time: try again later (the status app's 503)."""
+
+
+class HistoryStore(Protocol):
+    """Where a tracked run's row is kept after the result backend forgot it (issue: history).
+
+    Rows are dicts with exactly the keys of ``otel_progress.history`` rows. Every method is
+    bounded in time; a store that is down raises, and the caller logs once and goes on.
+    """
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Insert or update the row of ``row["task_id"]`` (atomic, no read-modify-write)."""
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The row of ``task_id``, or None."""
+
+    def list(
+        self, *, state: str | None = None, name: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Rows newest first by start, and the cursor of the next page (None at the end)."""
+
+
+def own_key(task_id: str) -> str:
+    """Backend key of otel_progress's payload for ``task_id``."""
+    return KEY_PREFIX + task_id
+
+
+def has_result_backend(backend: Any) -> bool:
+    """False for Celery's DisabledBackend (no ``result_backend`` configured): nowhere to write."""
+    return not isinstance(backend, DisabledBackend)
+
+
+# --- a bounded Redis client per backend ---------------------------------------------------------
+_PROGRESS_LUA: Final = """
+local function final_celery(raw)
+  if not raw then return false end
+  local ok, meta = pcall(cjson.decode, raw)
+  if not ok or type(meta) ~= 'table' then return false end
+  local s = meta['status']
+  return s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' or s == 'IGNORED' or s == 'REJECTED'
+end
+local function final_ours(raw)
+  if not raw then return false end
+  local ok, p = pcall(cjson.decode, raw)
+  if not ok or type(p) ~= 'table' then return false end
+  local s = p['state']
+  return s == 'succeeded' or s == 'failed' or s == 'revoked'
+end
+if final_celery(redis.call('GET', KEYS[1])) or final_ours(redis.call('GET', KEYS[2])) then
+  return 0
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl)
+  if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl) end
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+  if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1]) end
+end
+if ARGV[1] ~= '' then redis.call('PUBLISH', KEYS[1], ARGV[1]) end
+return 1
+"""
+"""KEYS: Celery's meta key, our key. ARGV: Celery meta ('' = ours only), our payload, expiry."""
+
+
+class _Redis:
+    """Our own connection pool to a Redis result backend: short timeouts, no retries."""
+
+    def __init__(self, backend: Any) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        params = dict(backend.connparams)
+        for key in ("socket_timeout", "socket_connect_timeout"):
+            given = params.get(key)
+            params[key] = min(float(given), WRITE_TIMEOUT) if given else WRITE_TIMEOUT
+        params["retry_on_timeout"] = False
+        params["retry"] = Retry(NoBackoff(), 0)
+        params.pop("max_connections", None)
+        self.client = redis.Redis(connection_pool=redis.ConnectionPool(max_connections=32,
+                                                                       **params))
+        self.script = self.client.register_script(_PROGRESS_LUA)
+        self.loaded = False
+        self.json = backend.serializer == "json"
+
+
+_clients: dict[int, _Redis | None] = {}
+_clients_lock = threading.Lock()
+
+
+def _redis(backend: Any) -> _Redis | None:
+    """Our client for ``backend`` when it is a plain Redis backend, else None."""
+    if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
+        return None
+    key = id(backend)
+    client = _clients.get(key, False)
+    if client is False:
+        with _clients_lock:
+            try:
+                client = _Redis(backend)
+            except Exception as exc:
+                log_once("redis-client", "otel_progress: no bounded Redis client (%s); using "
+                         "Celery's", safe_str(exc, 200))
+                client = None
+            if len(_clients) > 64:
+                _clients.clear()
+            _clients[key] = client
+    return client  # type: ignore[return-value]
+
+
+def reset_after_fork() -> None:
+    """A forked child must not share the parent's sockets."""
+    global _clients_lock, _pool, _queued_paused_until
+    _clients.clear()
+    _clients_lock = threading.Lock()
+    _pool = None
+    _queued_paused_until = 0.0
+
+
+def _expires(backend: Any) -> int:
+    expires = getattr(backend, "expires", None)
+    try:
+        return max(int(expires), 0) if expires else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _celery_meta(backend: Any, task_id: str, state: str, payload: ProgressPayload,
+                 request: Any) -> Any:
+    """The bytes Celery itself would store for ``update_state(state, meta=payload)``."""
+    meta = backend._get_result_meta(result=payload, state=state, traceback=None, request=request)
+    return backend.encode(meta)
+
+
+# --- a bounded call for backends without our own client ---------------------------------------
+_pool: ThreadPoolExecutor | None = None
+
+
+def bounded(call: Callable[[], _T], timeout: float) -> _T:
+    """Run ``call`` on a helper thread and wait at most ``timeout``; BackendUnavailable after."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="otel-progress-backend")
+    future = _pool.submit(call)
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        raise BackendUnavailable(f"the result backend did not answer in {timeout:.0f} s") from None
+
+
+# --- writes -----------------------------------------------------------------------------------
+class TaskTarget:
+    """Where one Celery task's payload is written: its backend, id and request context."""
+
+    def __init__(self, task: Any, task_id: str, request: Any) -> None:
+        self.task = task
+        self.task_id = task_id
+        self.request = request  # the request context: rpc:// needs its reply_to off-thread
+        self.label = task_id
+
+    def progress(self, state: str, payload: ProgressPayload, children: Sequence[str]) -> bool:
+        """Write running progress, unless a final state is already stored; True if written."""
+        backend = self.task.backend
+        client = _redis(backend)
+        if client is not None:
+            celery_key = backend.get_key_for_task(self.task_id)
+            meta = _celery_meta(backend, self.task_id, state, payload, self.request)
+            if not client.json:  # pickle & co.: Lua cannot read Celery's meta, check it here
+                raw = client.client.get(celery_key)
+                if raw is not None and _status(backend, raw) in CELERY_FINAL:
+                    return False
+            if not client.loaded:  # once per process: no NOSCRIPT round trip on a write
+                client.client.script_load(_PROGRESS_LUA)
+                client.loaded = True
+            written = bool(client.script(
+                keys=[celery_key, own_key(self.task_id)],
+                args=[meta if client.json else b"", dumps(payload), _expires(backend)],
+            ))
+            if written and not client.json:
+                client.client.set(celery_key, meta, ex=_expires(backend) or None)
+        else:
+            written = _write_checked(backend, self.task_id, state, payload, self.request)
+        if written and children:
+            _write_children(backend, self.task_id, children)
+        return written
+
+    def final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
+        """The last write: our key (always); PROGRESS meta where the backend has no keys."""
+        backend = self.task.backend
+        client = _redis(backend)
+        if client is not None:
+            expires = _expires(backend)
+            client.client.set(own_key(self.task_id), dumps(payload), ex=expires or None)
+        elif isinstance(backend, BaseKeyValueStoreBackend):
+            backend.set(own_key(self.task_id), dumps(payload))
+        else:
+            # rpc://, database: the PROGRESS meta is the best place left; Celery's final state
+            # replaces it, and the reader then closes the payload from Celery's state.
+            backend.store_result(self.task_id, payload, "PROGRESS", request=self.request)
+        if children:
+            _write_children(backend, self.task_id, children)
+
+
+def _status(backend: Any, raw: Any) -> str | None:
+    try:
+        meta = backend.decode(raw)
+    except Exception:
+        return None
+    return meta.get("status") if isinstance(meta, dict) else None
+
+
+def _write_checked(backend: Any, task_id: str, state: str, payload: ProgressPayload,
+                   request: Any) -> bool:
+    """Check-then-write for backends without a Lua script: skip when a final state is stored."""
+    if isinstance(backend, BaseKeyValueStoreBackend):
+        raw = backend.get(backend.get_key_for_task(task_id))
+        if raw and _status(backend, raw) in CELERY_FINAL:
+            return False
+        own = _decode(backend, backend.get(own_key(task_id)))
+        if own is not None and own.get("state") in FINAL_STATES:
+            return False
+        backend.set(own_key(task_id), dumps(payload))
+    backend.store_result(task_id, payload, state, request=request)
+    return True
+
+
+def _write_children(backend: Any, task_id: str, children: Sequence[str]) -> None:
+    value = json.dumps(list(children[-MAX_CHILDREN:]))
+    client = _redis(backend)
+    if client is not None:
+        client.client.set(CHILDREN_PREFIX + task_id, value, ex=_expires(backend) or None)
+    elif isinstance(backend, BaseKeyValueStoreBackend):
+        backend.set(CHILDREN_PREFIX + task_id, value)
+
+
+_queued_paused_until = 0.0
+
+
+def write_queued(backend: Any, task_id: str, task_name: str) -> None:
+    """Record a published task as ``queued`` (only if nothing of ours is stored for it yet)."""
+    global _queued_paused_until
+    if not has_result_backend(backend) or time.monotonic() < _queued_paused_until:
+        return
+    payload = dumps(queued(task_id, task_name))
+    try:
+        client = _redis(backend)
+        if client is not None:
+            client.client.set(own_key(task_id), payload, ex=_expires(backend) or None, nx=True)
+        elif isinstance(backend, BaseKeyValueStoreBackend) and (
+            backend.get(own_key(task_id)) is None
+        ):
+            backend.set(own_key(task_id), payload)
+    except Exception as exc:
+        _queued_paused_until = time.monotonic() + QUEUED_PAUSE
+        log_once("queued-write", "otel_progress: cannot record queued task %s (%s); queued "
+                 "tracking pauses for %.0f s", task_id, safe_str(exc, 200), QUEUED_PAUSE)
+
+
+# --- reads ------------------------------------------------------------------------------------
+def _decode(backend: Any, raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    value: Any = None
+    try:
+        value = json.loads(raw)
+    except Exception:
+        try:
+            value = backend.decode(raw)
+        except Exception:
+            return None
+    return value if isinstance(value, dict) and value.get("schema") == SCHEMA_VERSION else None
+
+
+def _exc_facts(result: Any) -> tuple[str | None, str | None]:
+    """Exception type name and message from Celery's stored result (any serializer)."""
+    if isinstance(result, BaseException):
+        return type(result).__name__, safe_str(result)
+    if isinstance(result, dict) and "exc_type" in result:
+        message = result.get("exc_message")
+        if isinstance(message, (list, tuple)):
+            message = " ".join(safe_str(m) for m in message)
+        return safe_str(result.get("exc_type"), 200), safe_str(message or "")
+    return None, None
+
+
+class Reading:
+    """What the backend holds of one task: our payload and Celery's own meta."""
+
+    __slots__ = ("celery", "ours")
+
+    def __init__(self, ours: dict[str, Any] | None, celery: dict[str, Any] | None) -> None:
+        self.ours = ours
+        self.celery = celery
+
+    def payload(self) -> dict[str, Any] | None:
+        """Our payload reconciled with Celery's state; None when otel_progress never tracked it."""
+        celery = self.celery or {}
+        ours = self.ours
+        result = celery.get("result")
+        status = str(celery.get("status") or "PENDING")
+        if ours is None:
+            if isinstance(result, dict) and result.get("schema") == SCHEMA_VERSION:
+                ours = result  # PROGRESS meta (or the final payload on rpc:// and databases)
+            else:
+                return None
+        exc_type, exc_message = _exc_facts(result) if status in CELERY_FINAL else (None, None)
+        return from_celery(ours, status, exc_type=exc_type, exc_message=exc_message,
+                           date_done=celery.get("date_done"))
+
+
+def _read_many(app: Any, task_ids: Sequence[str], timeout: float) -> list[Reading]:
+    backend = app.backend
+    client = _redis(backend)
+    if client is not None:
+        keys: list[str] = []
+        for task_id in task_ids:
+            keys += [own_key(task_id), backend.get_key_for_task(task_id)]
+        try:
+            raws = client.client.mget(keys)
+        except Exception as exc:
+            raise BackendUnavailable(safe_str(exc, 200)) from exc
+        out = []
+        for i in range(0, len(raws), 2):
+            celery = None
+            if raws[i + 1] is not None:
+                try:
+                    celery = backend.decode(raws[i + 1])
+                except Exception:
+                    celery = None
+            out.append(Reading(_decode(backend, raws[i]), celery))
+        return out
+
+    def read_all() -> list[Reading]:
+        readings = []
+        for task_id in task_ids:
+            ours = None
+            if isinstance(backend, BaseKeyValueStoreBackend):
+                ours = _decode(backend, backend.get(own_key(task_id)))
+            meta = backend.get_task_meta(task_id)
+            readings.append(Reading(ours, meta))
+        return readings
+
+    try:
+        return bounded(read_all, timeout)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:
+        raise BackendUnavailable(safe_str(exc, 200)) from exc
+
+
+def read(app: Any, task_id: str, *, children: bool = True,
+         timeout: float = READ_TIMEOUT) -> ProgressPayload | None:
+    """The payload of ``task_id`` reconciled with Celery's state, or None if never tracked.
+
+    Raises :class:`BackendUnavailable` when the backend does not answer in time.
+    """
+    payload = _read_many(app, [task_id], timeout)[0].payload()
+    if payload is None:
+        return None
+    if children and payload.get("children"):
+        ids = _children_ids(app, task_id, payload["children"])
+        payload["children_progress"] = _children_progress(app, ids, timeout)
+    return payload  # type: ignore[return-value]
+
+
+def _children_ids(app: Any, task_id: str, listed: Sequence[str]) -> list[str]:
+    backend = app.backend
+    raw = None
+    try:
+        client = _redis(backend)
+        if client is not None:
+            raw = client.client.get(CHILDREN_PREFIX + task_id)
+        elif isinstance(backend, BaseKeyValueStoreBackend):
+            raw = backend.get(CHILDREN_PREFIX + task_id)
+    except Exception as exc:
+        raise BackendUnavailable(safe_str(exc, 200)) from exc
+    if raw:
+        try:
+            ids = json.loads(raw)
+            if isinstance(ids, list):
+                return [str(i) for i in ids]
+        except ValueError:
+            pass
+    return list(listed)
+
+
+def _children_progress(app: Any, ids: Sequence[str], timeout: float) -> ChildrenProgress:
+    """Aggregate every child, read in batches: count by state, mean percent (final = 100)."""
+    tasks: list[ChildProgress] = []
+    for start in range(0, len(ids), CHILDREN_BATCH):
+        batch = ids[start:start + CHILDREN_BATCH]
+        for child_id, reading in zip(batch, _read_many(app, batch, timeout), strict=True):
+            child = reading.payload()
+            if child is None:
+                tasks.append(ChildProgress(id=child_id, state="queued", percent=0.0))
+                continue
+            state = child.get("state", "running")
+            pct = 100.0 if state in FINAL_STATES else float(child.get("percent") or 0.0)
+            tasks.append(ChildProgress(id=child_id, state=state, percent=pct))
+    finished = sum(1 for t in tasks if t["state"] in FINAL_STATES)
+    failed = sum(1 for t in tasks if t["state"] == "failed")
+    percent = round(sum(t["percent"] for t in tasks) / len(tasks), 2) if tasks else 0.0
+    return ChildrenProgress(total=len(ids), finished=finished, failed=failed, percent=percent,
+                            tasks=tasks[:MAX_LISTED_CHILDREN])
+
+
+MAX_LISTED_CHILDREN: Final = 100
+"""Children listed one by one in ``children_progress.tasks`` (all are counted)."""
+
+
+def warn_write_failed(label: str, exc: BaseException) -> None:
+    """One warning per task for a failed write: the task goes on."""
+    logger.warning(
+        "otel_progress: cannot publish progress of %s (%s: %s); the task goes on, later writes "
+        "are retried silently", label, type(exc).__name__, safe_str(exc, 200),
+    )

@@ -1,0 +1,422 @@
+"""Celery: the task-end hook, signals, the current-task lookup, Celery's control-flow exceptions.
+
+The final payload must be written *before* Celery stores the task's own result, and no progress
+write may land after it. No Celery signal fires between the task body returning and
+``mark_as_done``, so the hook wraps ``Task.__call__``: Celery's tracer calls ``task`` instead of
+``task.run`` when ``__call__`` is monkey-patched (``task_has_custom`` checks the attribute's
+module for exactly this), and it must be patched before the tracers are built, i.e. at
+``worker_init`` or earlier through ``ProgressInstrumentor().instrument()`` / :func:`install`.
+Nothing here is connected at import: :func:`install` connects it and :func:`uninstall`
+disconnects exactly that.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+from billiard.exceptions import (
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from celery import current_app, current_task, signals
+from celery.app.task import Task
+from celery.exceptions import Ignore, Reject, Retry
+
+from otel_progress import _backend, _lifecycle, _publish, _spans
+from otel_progress._publish import DuckTarget
+from otel_progress._run import FAILED, RETRYING, REVOKED, Outcome, Run
+from otel_progress._safety import guard, internal_error, log_once, safe_str
+
+CONTROL_FLOW: Final = (Retry, Ignore, Reject)
+"""Exceptions that steer Celery: they pass through sections unchanged and are not errors."""
+NEVER_SUPPRESSED: Final = (SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, WorkerLostError)
+"""Errors that are recorded as errors but never suppressed by a section (DECISIONS 3)."""
+
+UNINSTRUMENTED_WARNING: Final = (
+    "otel_progress: this Celery worker was not instrumented, so task progress is recorded as "
+    "spans but not published to the result backend. Call "
+    "otel_progress.celery.ProgressInstrumentor().instrument() (or otel_progress.celery.install()) "
+    "in the module that defines the Celery app."
+)
+
+DEFAULT_TRACK_QUEUED: Final = True
+_track_queued = DEFAULT_TRACK_QUEUED
+_send_events = False
+_original_call: Callable[..., Any] | None = None
+_connected: list[tuple[Any, Callable[..., Any]]] = []
+_active = threading.local()
+_runs_lock = threading.Lock()
+_runs_by_task: dict[str, Run] = {}
+_unhooked_runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+"""Runs of a worker without the task-end hook: kept only while a facade holds them."""
+
+
+def outcome_of(exc: BaseException | None) -> Outcome:
+    """How an exception leaving a section ends it: an error, or control flow that steers."""
+    if exc is None:
+        return "succeeded"
+    if isinstance(exc, CONTROL_FLOW):
+        return "interrupted"
+    if not isinstance(exc, Exception):
+        return "aborted"  # SystemExit, KeyboardInterrupt...: not an error, not done either
+    return "failed"
+
+
+def never_suppressed(exc: BaseException) -> bool:
+    """True for exceptions a section records but always re-raises."""
+    return not isinstance(exc, Exception) or isinstance(exc, CONTROL_FLOW + NEVER_SUPPRESSED)
+
+
+def configure_bridge(*, min_interval: float | None = None, track_queued: bool | None = None,
+                     send_events: bool | None = None) -> None:
+    """Options of ``instrument()``; None restores the default."""
+    global _track_queued, _send_events
+    _publish.set_min_interval(_publish.DEFAULT_MIN_INTERVAL if min_interval is None
+                              else min_interval)
+    _track_queued = DEFAULT_TRACK_QUEUED if track_queued is None else bool(track_queued)
+    _send_events = bool(send_events)
+
+
+# --- the current task and its run ---------------------------------------------------------------
+class CeleryTaskInfo:
+    """What the bridge needs of the Celery task executing in this thread."""
+
+    __slots__ = ("attempt", "eager", "name", "request", "task", "task_id")
+
+    def __init__(self, task: Any, request: Any, task_id: str, name: str, attempt: int) -> None:
+        self.task = task
+        self.request = request
+        self.task_id = task_id
+        self.name = name
+        self.attempt = attempt
+        self.eager = bool(getattr(request, "is_eager", False))
+
+
+def current_celery_task() -> CeleryTaskInfo | None:
+    """The Celery task this thread is executing (worker or eager), or None."""
+    task = current_task
+    if task is None:
+        return None
+    try:
+        request = task.request
+        task_id = request.id
+    except Exception:
+        return None
+    if not task_id:
+        return None
+    retries = getattr(request, "retries", 0) or 0
+    real = getattr(task, "_get_current_object", lambda: task)()
+    return CeleryTaskInfo(real, request, str(task_id), str(task.name), retries + 1)
+
+
+def run_for_current_task(
+    task_uuid: object = None,
+    task_name: object = None,
+    *,
+    expected_sections: int | None = None,
+    observed_task: Any = None,
+    include_traceback: bool = False,
+) -> Run:
+    """The run of the Celery task executing here (shared by every facade in it), or a new one.
+
+    ``observed_task`` is what an Observer was given: a Celery task, any object with
+    ``update_state(state=, meta=)``, or None.
+    """
+    info = current_celery_task()
+    if info is not None and (observed_task is None or observed_task is info.task
+                             or getattr(observed_task, "name", None) == info.name):
+        hooked = hook_installed()
+        registry: Any = _runs_by_task if hooked else _unhooked_runs
+        with _runs_lock:
+            run = cast(Run | None, registry.get(info.task_id))
+            if run is not None and not (run.finished and run.attempt != info.attempt):
+                return run
+            run = Run(
+                safe_str(task_uuid) if task_uuid is not None else info.task_id,
+                safe_str(task_name) if task_name is not None else info.name,
+                expected_sections=expected_sections,
+                celery_task_id=info.task_id,
+                attempt=info.attempt,
+                include_traceback=include_traceback,
+            )
+            run.ends_on_drop = not hooked
+            registry[info.task_id] = run
+        _spans.start_run(run, info.name, in_celery=True)
+        if not hooked:
+            if not info.eager:
+                log_once("uninstrumented", UNINSTRUMENTED_WARNING)
+        elif _backend.has_result_backend(info.task.backend):
+            target = _backend.TaskTarget(info.task, info.task_id, info.request)
+            _publish.publish(run, target, _event_sender(info.task, info.task_id))
+        return run
+    name = safe_str(task_name) if task_name is not None else _default_name(observed_task)
+    run = Run(
+        safe_str(task_uuid) if task_uuid is not None else str(uuid.uuid4()),
+        name,
+        expected_sections=expected_sections,
+        include_traceback=include_traceback,
+    )
+    _spans.start_run(run, name, in_celery=False)
+    if _is_duck_sink(observed_task):
+        _publish.publish(run, DuckTarget(observed_task))
+    return run
+
+
+def _event_sender(task: Any, task_id: str) -> Callable[[Any], None] | None:
+    """Celery's ``task-progress`` event with each write, when ``send_events`` is on."""
+    if not _send_events:
+        return None
+
+    def send(payload: Any) -> None:
+        with task.app.events.default_dispatcher() as dispatcher:
+            dispatcher.send("task-progress", uuid=task_id, progress=payload)
+
+    return send
+
+
+def _is_duck_sink(obj: Any) -> bool:
+    """An object with ``update_state`` that is not a Celery task outside its execution (a
+    Celery task has no id to write under then: ``task.run()`` called directly, say)."""
+    if obj is None or not callable(getattr(obj, "update_state", None)):
+        return False
+    return not isinstance(obj, Task)
+
+
+def _default_name(observed_task: Any) -> str:
+    name = getattr(observed_task, "name", None) if observed_task is not None else None
+    return safe_str(name) if isinstance(name, str) and name else "Task"
+
+
+def forget_task(task_id: str) -> Run | None:
+    """Drop the run of a finished task from the registry and return it."""
+    with _runs_lock:
+        return _runs_by_task.pop(task_id, None)
+
+
+def run_of_task(task_id: str) -> Run | None:
+    """The live run of ``task_id`` in this process, if any."""
+    return _runs_by_task.get(task_id)
+
+
+# --- the task-end hook ----------------------------------------------------------------------------
+def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``Task.__call__`` with the task-end hook: close the run before the result is stored."""
+    assert _original_call is not None
+    try:
+        task_id = self.request.id
+    except Exception:  # pragma: no cover - request is always there
+        task_id = None
+    running: set[str] | None = getattr(_active, "ids", None)
+    if running is None:
+        running = _active.ids = set()
+    if task_id is None or task_id in running:  # a direct (e.g. recursive) call inside the task
+        return _original_call(self, *args, **kwargs)
+    running.add(task_id)
+    try:
+        result = _original_call(self, *args, **kwargs)
+    except BaseException as exc:
+        running.discard(task_id)
+        task_ended(str(task_id), exc)
+        raise
+    running.discard(task_id)
+    task_ended(str(task_id), None)
+    return result
+
+
+_task_call.__module__ = __name__  # how Celery's tracer recognises a monkey-patched __call__
+
+
+def hook_installed() -> bool:
+    """Whether the task-end hook is the outermost ``Task.__call__``."""
+    return Task.__dict__["__call__"] is _task_call
+
+
+def _install_hook() -> None:
+    """Make ``_task_call`` the outermost ``Task.__call__`` (idempotent).
+
+    A worker replaces ``Task.__call__`` with its "stack protection" wrapper before
+    ``worker_init`` and that wrapper calls ``task.run`` directly, bypassing what it wrapped; so
+    this runs again at ``worker_init`` and wraps whatever is in place then.
+    """
+    global _original_call
+    current = Task.__dict__["__call__"]
+    if current is _task_call:
+        return
+    _original_call = current
+    Task.__call__ = _task_call  # type: ignore[method-assign]
+
+
+def _remove_hook() -> None:
+    global _original_call
+    if _original_call is None or Task.__dict__["__call__"] is not _task_call:
+        return
+    Task.__call__ = _original_call  # type: ignore[method-assign]
+    _original_call = None
+
+
+def task_ended(task_id: str, exc: BaseException | None) -> None:
+    """Close the task's open sections, finish its run and make the final write."""
+    run = forget_task(task_id)
+    if run is None:
+        return
+    with guard("celery.task_ended"):
+        outcome = _run_outcome(exc)
+        section_outcome: Outcome = "succeeded"
+        if outcome in (FAILED, REVOKED):
+            section_outcome = "failed" if isinstance(exc, Exception) else "aborted"
+        for node in run.open_nodes():
+            if run.close_section(node, section_outcome,
+                                 exc if section_outcome != "succeeded" else None):
+                _spans.end_section(run, node, exc if section_outcome != "succeeded" else None)
+        if exc is not None and outcome in (FAILED, REVOKED) and run.latest_exc is not exc:
+            # Celery's instrumentation records it on run/<task>: remember it, don't record it.
+            run.failed = True
+            run.remember_exception(exc)
+        finish(run, outcome=outcome, complete=exc is None or outcome == RETRYING)
+
+
+def finish(run: Run, *, outcome: Any = None, complete: bool = True) -> None:
+    """Finish ``run``, end its span, and make its final write (bounded by FINAL_TIMEOUT)."""
+    if run.finish(outcome=outcome, complete=complete):
+        _spans.end_run(run)
+    _publish.final_write(run)
+
+
+def _run_outcome(exc: BaseException | None) -> Any:
+    if exc is None or isinstance(exc, (Ignore, Reject)):
+        return None  # the run decides: failed if a job failed, else succeeded
+    if isinstance(exc, Retry):
+        return RETRYING
+    if isinstance(exc, Terminated):
+        return REVOKED
+    return FAILED
+
+
+# --- signals -----------------------------------------------------------------------------------
+def _on_worker_init(**_kwargs: Any) -> None:
+    _install_hook()
+
+
+def _on_before_publish(
+    sender: Any = None, headers: dict[str, Any] | None = None, **_kwargs: Any
+) -> None:
+    """A task is tracked from publish: record it ``queued``, and as a child of the running one."""
+    with guard("celery.before_task_publish"):
+        if not headers:
+            return
+        task_id = headers.get("id")
+        if not task_id:
+            return
+        parent = current_celery_task()
+        if parent is not None and parent.task_id != str(task_id):  # retry() re-publishes itself
+            run = run_of_task(parent.task_id)
+            if run is not None:
+                _add_child(run, str(task_id))
+                callback = _chord_callback_id(headers)
+                if callback is not None:
+                    _add_child(run, callback)
+        if _track_queued:
+            _backend.write_queued(current_app.backend, str(task_id),
+                                  safe_str(headers.get("task") or sender or "task"))
+
+
+def _add_child(run: Run, task_id: str) -> None:
+    if len(run.children) < 10_000 and task_id not in run.children[-200:]:
+        run.children.append(task_id)
+
+
+def _chord_callback_id(headers: dict[str, Any]) -> str | None:
+    """The id of a chord's callback, carried by each header task's message."""
+    chord = headers.get("chord")
+    if isinstance(chord, dict):
+        task_id = (chord.get("options") or {}).get("task_id")
+        return str(task_id) if task_id else None
+    return None
+
+
+def _on_revoked(request: Any = None, terminated: bool = False, **_kwargs: Any) -> None:
+    """A running task revoked in this process: its run ends ``revoked``."""
+    with guard("celery.task_revoked"):
+        task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
+        if not task_id:
+            return
+        run = forget_task(str(task_id))
+        if run is not None:
+            for node in run.open_nodes():
+                if run.close_section(node, "aborted", None):
+                    _spans.end_section(run, node, None)
+            finish(run, outcome=REVOKED, complete=False)
+
+
+def _bridge_shutdown(deadline: float) -> None:
+    """Write what is pending before a pool child or the worker goes away."""
+    _spans.end_open_runs()
+    _publish.flush_all(deadline)
+
+
+def _after_fork() -> None:
+    global _runs_lock
+    _runs_lock = threading.Lock()  # a lock held by another thread at fork() stays held
+    _runs_by_task.clear()
+    _unhooked_runs.clear()
+    _publish.after_fork_in_child()
+    _backend.reset_after_fork()
+
+
+_lifecycle.on_fork_child(_after_fork)
+_lifecycle.on_shutdown(_bridge_shutdown, "bridge")
+
+
+def _interim_exit() -> None:
+    _lifecycle.run_shutdown("exit")
+
+
+from otel_progress import _config  # noqa: E402  (interim: until _lifecycle owns exit for export)
+
+_config.run_before_exit_flush(_interim_exit)
+
+
+def install() -> None:
+    """Turn on the state bridge in a worker that does not use ``ProgressInstrumentor``.
+
+    Wraps ``Task.__call__`` (the task-end hook), tracks published tasks as ``queued`` and as
+    children, and writes pending payloads when a worker process exits. Call it where the Celery
+    app is defined, before the worker starts. :func:`uninstall` undoes exactly this.
+    """
+    _install_hook()
+    if _connected:
+        return
+    for signal, handler in (
+        (signals.worker_init, _on_worker_init),
+        (signals.before_task_publish, _on_before_publish),
+        (signals.task_revoked, _on_revoked),
+    ):
+        signal.connect(handler, weak=False)
+        _connected.append((signal, handler))
+    _lifecycle.connect_celery("instrument")
+
+
+def uninstall() -> None:
+    """Undo :func:`install`: the hook, the signal receivers, and the bridge's defaults."""
+    while _connected:
+        signal, handler = _connected.pop()
+        signal.disconnect(handler)
+    _remove_hook()
+    _lifecycle.disconnect_celery("instrument")
+    configure_bridge()
+
+
+def installed() -> bool:
+    """Whether :func:`install` is in effect."""
+    return bool(_connected)
+
+
+def report(site: str, exc: BaseException) -> None:
+    """An internal error of the Celery room."""
+    internal_error(site, exc)

@@ -1,0 +1,272 @@
+"""The coalescing flusher: one daemon thread per process that publishes every run's payload.
+
+Frontends read progress from Celery's result backend. Writing on every ``advance()`` would cost a
+round trip per loop iteration, so the hot path only bumps counters and this thread writes each
+run's payload at most once per ``min_interval`` (default 0.5 s), promptly when something
+important happened (a section failed, a terminal Observer call), and once more, finally, when
+the task ends. After the final write nothing of the run is written again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Final, Protocol
+
+from otel_progress import _backend, _payload, _spans
+from otel_progress._payload import ProgressPayload
+from otel_progress._run import Run
+from otel_progress._safety import internal_error, logger, safe_str
+
+DEFAULT_MIN_INTERVAL: Final = 0.5
+FINAL_TIMEOUT: Final = _backend.FINAL_TIMEOUT
+
+_min_interval = DEFAULT_MIN_INTERVAL
+
+
+def set_min_interval(seconds: float) -> None:
+    """Seconds between two backend writes of one task (>= 0.01)."""
+    global _min_interval
+    _min_interval = max(float(seconds), 0.01)
+
+
+def min_interval() -> float:
+    """The current write interval."""
+    return _min_interval
+
+
+class Target(Protocol):
+    """Where a run's payload is written."""
+
+    label: str
+
+    def progress(self, state: str, payload: ProgressPayload, children: list[str]) -> bool: ...
+
+    def final(self, payload: ProgressPayload, children: list[str]) -> None: ...
+
+
+class DuckTarget:
+    """Anything with ``update_state(state=, meta=)`` (mastf-style fakes, custom task classes)."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self.label = safe_str(getattr(obj, "name", None) or type(obj).__name__)
+
+    def progress(self, state: str, payload: ProgressPayload, children: list[str]) -> bool:
+        self.obj.update_state(state=state, meta=payload)
+        return True
+
+    def final(self, payload: ProgressPayload, children: list[str]) -> None:
+        self.obj.update_state(state="PROGRESS", meta=payload)
+
+
+class Publisher:
+    """Coalesces one run's payload writes: at most one per ``min_interval``, final once."""
+
+    def __init__(self, run: Run, target: Target, on_event: Any = None) -> None:
+        self.run = run
+        self.target = target
+        self.on_event = on_event  # optional callable(payload): Celery's task-progress event
+        self.last_write = 0.0
+        self.last_sent: dict[str, Any] | None = None
+        self.urgent = False
+        self.closed = False
+        self.warned = False
+        self.write_lock = threading.Lock()
+
+    def due(self, now: float) -> float:
+        """Seconds until this publisher may write again (0 = now)."""
+        return max(self.last_write + _min_interval - now, 0.0)
+
+    def flush(self, now: float) -> None:
+        """Write the run's payload if it changed (the flusher thread calls this)."""
+        with self.write_lock:
+            if self.closed:
+                return
+            run = self.run
+            try:
+                _spans.sync(run)
+                payload = _payload.build(run)
+            except Exception as exc:
+                internal_error("publish.payload", exc)
+                return
+            comparable = {k: v for k, v in payload.items() if k != "updated"}
+            if comparable == self.last_sent and not self.urgent:
+                return
+            self.urgent = False
+            self.last_write = now
+            if self._write(lambda: self.target.progress(run.celery_state, payload,
+                                                        run.children)) is False:
+                # a final state is stored already (revoked, time limit): write nothing more
+                self.closed = True
+                _flusher.unregister(self)
+                return
+            if self.on_event is not None:
+                self._write(lambda: self.on_event(payload))
+            self.last_sent = comparable
+            if run.finished and not isinstance(self.target, _backend.TaskTarget):
+                # Outside Celery nothing else ends the publisher: the finished state was the
+                # last thing to write. (A Celery run waits for the task-end hook's final write.)
+                self.closed = True
+                _flusher.unregister(self)
+
+    def final(self, timeout: float) -> None:
+        """The last write: after it, nothing of this run is written again."""
+        self.closed = True  # the flusher starts no new write from now on
+        _flusher.unregister(self)
+        locked = self.write_lock.acquire(timeout=max(timeout, 0.0))
+        try:
+            payload = _payload.build(self.run)
+            self._write(lambda: self.target.final(payload, self.run.children))
+        except Exception as exc:
+            internal_error("publish.final", exc)
+        finally:
+            if locked:
+                self.write_lock.release()
+
+    def _write(self, call: Any) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            if not self.warned:
+                self.warned = True
+                _backend.warn_write_failed(self.target.label, exc)
+            return None
+
+
+class _Flusher:
+    """One daemon thread per process that writes every registered publisher when it is due."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._publishers: list[Publisher] = []
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def register(self, pub: Publisher) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's thread does not exist here
+                self._reset_locked()
+            self._publishers.append(pub)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="otel-progress-flusher", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def unregister(self, pub: Publisher) -> None:
+        with self._cond:
+            if pub in self._publishers:
+                self._publishers.remove(pub)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def publishers(self) -> list[Publisher]:
+        with self._cond:
+            return list(self._publishers)
+
+    def _reset_locked(self) -> None:
+        self._publishers = []
+        self._thread = None
+        self._pid = os.getpid()
+
+    def reset_after_fork(self) -> None:
+        self._cond = threading.Condition()
+        self._reset_locked()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                pubs = list(self._publishers)
+                now = time.monotonic()
+                waits = [p.due(now) for p in pubs]
+                wait = min(waits) if waits else None
+                if wait is None or wait > 0:
+                    self._cond.wait(timeout=_min_interval if wait is None else wait)
+                    continue
+            now = time.monotonic()
+            for pub in pubs:
+                if pub.due(now) <= 0:
+                    try:
+                        pub.flush(now)
+                    except Exception as exc:  # pragma: no cover - flush guards itself
+                        internal_error("publish.flush", exc)
+                    if pub.last_write != now:
+                        pub.last_write = now  # nothing changed: look again after one interval
+
+
+_flusher = _Flusher()
+_publishers: weakref.WeakKeyDictionary[Run, Publisher] = weakref.WeakKeyDictionary()
+
+
+def publish(run: Run, target: Target, on_event: Any = None) -> Publisher:
+    """Start publishing ``run`` to ``target``."""
+    pub = Publisher(run, target, on_event)
+    _publishers[run] = pub
+    _flusher.register(pub)
+    return pub
+
+
+def publisher_of(run: Run) -> Publisher | None:
+    """The run's publisher, if it publishes anywhere."""
+    return _publishers.get(run)
+
+
+def request_flush(run: Run) -> None:
+    """Ask for the next write slot (still rate-limited): a section failed, a terminal call."""
+    pub = _publishers.get(run)
+    if pub is not None and not pub.closed:
+        pub.urgent = True
+        _flusher.wake()
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _final_writer() -> ThreadPoolExecutor:
+    """One reused thread for final writes (spawning one per task costs ~0.15 ms)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otel-progress-final")
+    return _executor
+
+
+def final_write(run: Run, timeout: float = FINAL_TIMEOUT) -> None:
+    """The run's final write, waited for at most ``timeout`` whatever the backend does."""
+    pub = _publishers.pop(run, None)
+    if pub is None:
+        return
+    deadline = time.monotonic() + timeout
+    future = _final_writer().submit(lambda: pub.final(deadline - time.monotonic()))
+    try:
+        future.result(max(deadline - time.monotonic(), 0.0))
+    except FutureTimeout:
+        logger.warning("otel_progress: final progress write of %s still pending after %.0f s; "
+                       "the task goes on", pub.target.label, timeout)
+
+
+def flush_all(deadline: float) -> None:
+    """Write every pending payload now, until ``deadline`` (monotonic): process exit, tests."""
+    for pub in _flusher.publishers():
+        if time.monotonic() > deadline:
+            break
+        if pub.run.finished:
+            pub.final(deadline - time.monotonic())
+        else:
+            pub.urgent = True
+            pub.flush(time.monotonic())
+
+
+def after_fork_in_child() -> None:
+    """The parent's flusher and final-writer threads do not exist in a forked child."""
+    global _executor
+    _executor = None
+    _flusher.reset_after_fork()
+    _publishers.clear()

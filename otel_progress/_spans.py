@@ -1,0 +1,245 @@
+"""Every span call otel_progress makes, for TaskUpdater and Observer alike.
+
+Starting the run span or a section span, a notification as a span event, an exception recorded,
+the status, the end: only here. Attributes are built only when ``span.is_recording()``; a
+section's are set at start in one dict and at its end in one ``set_attributes`` call. The hot
+path never comes here: counters are pushed onto open spans by the flusher (:func:`sync`).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+
+from otel_progress import _attributes as A
+from otel_progress import _metrics
+from otel_progress._run import FAILED, REVOKED, Node, Run
+from otel_progress._safety import exception_text, guard, type_name
+from otel_progress._version import __version__
+
+_NAME: Final = "otel_progress"
+_tracer: Tracer = trace.get_tracer(_NAME, __version__)
+_open_runs: set[Run] = set()
+"""Runs whose span otel_progress opened: ended at the latest at process exit (strong refs on
+purpose: a run whose facade was dropped unfinished must still end its span)."""
+
+
+def use_tracer_provider(provider: TracerProvider | None) -> None:
+    """Section and run spans from ``provider`` (``instrument(tracer_provider=)``); None: global."""
+    global _tracer
+    _tracer = trace.get_tracer(_NAME, __version__, tracer_provider=provider)
+
+
+def _ids(span: Span) -> tuple[str | None, str | None]:
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None, None
+    return trace.format_trace_id(ctx.trace_id), trace.format_span_id(ctx.span_id)
+
+
+# --- runs ----------------------------------------------------------------------------------------
+def start_run(run: Run, span_name: str, *, in_celery: bool) -> None:
+    """Give ``run`` its span: Celery's ``run/<task>`` when it is recording, else its own."""
+    current = trace.get_current_span()
+    run.owns_span = not (in_celery and current.is_recording())
+    if run.owns_span:
+        span = _tracer.start_span(span_name, start_time=int(run.start * 1e9))
+        _open_runs.add(run)
+    else:
+        span = current
+    if span.is_recording():
+        span.set_attributes({A.TASK_UUID: run.task_uuid, A.TASK_NAME: run.task_name})
+    run.node.span = span
+    run.trace_id, run.span_id = _ids(span)
+    _metrics.track_running(run)
+
+
+@guard("spans.end_run")
+def end_run(run: Run) -> None:
+    """The run's final attributes and status; its span ends if otel_progress opened it."""
+    _metrics.untrack(run)
+    span: Span = run.node.span
+    if span is None:
+        return
+    if span.is_recording():
+        current, total, _ = run.node.counters()
+        attrs: dict[str, Any] = {
+            A.PERCENT: round(run.overall_percent()[0], 2),
+            A.JOBS_FINISHED: run.jobs_finished,
+            A.JOBS_TOTAL: run.jobs_total,
+            A.STATUS: run.status,
+            A.SECTION_STATE: run.state,
+        }
+        if current is not None:
+            attrs[A.CURRENT] = current
+        if total is not None:
+            attrs[A.TOTAL] = total
+        if run.state in (FAILED, REVOKED):
+            error_type = run.error_type or run.exc_type
+            if error_type:
+                attrs[A.ERROR_TYPE] = error_type  # an attribute, not a second exception record
+            desc = run.exc_message or f"{run.jobs_finished} out of {run.jobs_total} jobs"
+            span.set_status(Status(StatusCode.ERROR, desc))
+        elif run.owns_span:
+            span.set_status(Status(StatusCode.OK))  # OK is final: only on a span we own
+        span.set_attributes(attrs)
+    if run.owns_span:
+        span.end(end_time=int((run.end or time.time()) * 1e9))
+        _open_runs.discard(run)
+
+
+def end_open_runs() -> None:
+    """No run span is ever left unended: finish what is still open when the process exits."""
+    for run in list(_open_runs):
+        with guard("spans.end_open_runs"):
+            if run.finish(complete=False):
+                end_run(run)
+
+
+# --- sections ------------------------------------------------------------------------------------
+def start_section(run: Run, node: Node) -> object:
+    """Start ``node``'s span under its parent and make it current; returns the context token."""
+    parent = node.parent
+    if parent is None or parent is run.node:
+        ctx = trace.set_span_in_context(run.node.span) if run.node.span is not None else None
+    else:
+        ctx = otel_context.get_current()
+        if not trace.get_current_span(ctx).get_span_context().is_valid:
+            ctx = trace.set_span_in_context(parent.span)
+    span = _tracer.start_span(node.name, context=ctx, start_time=int(node.start * 1e9),
+                              attributes={
+        A.SECTION_NAME: node.name,
+        A.SECTION_DEPTH: node.depth,
+        A.TASK_NAME: run.task_name,
+    })
+    node.span = span
+    return otel_context.attach(trace.set_span_in_context(span))
+
+
+def detach(token: object) -> None:
+    """Restore the context that was current before the section."""
+    otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def end_section(run: Run, node: Node, exc: BaseException | None) -> None:
+    """The section's end: its reported percent, state, error or interruption, in one call."""
+    span: Span = node.span
+    end = node.end or time.time()
+    if span is not None and span.is_recording():
+        current, total, pct = node.counters()
+        attrs: dict[str, Any] = {A.SECTION_STATE: node.state}
+        if current is not None:
+            attrs[A.CURRENT] = current
+        if total is not None:
+            attrs[A.TOTAL] = total
+        if pct is not None:
+            attrs[A.PERCENT] = pct  # what it reported: a normal exit does not make it 100
+        if exc is not None:
+            record_exception(span, exc)
+        if node.interrupted is not None:
+            attrs[A.INTERRUPTED] = node.interrupted  # control flow: not an error
+        elif node.state == FAILED:
+            attrs[A.ERROR_TYPE] = node.error_type or "Terminated"
+            span.set_status(Status(StatusCode.ERROR, node.error or node.error_type))
+        span.set_attributes(attrs)
+    if span is not None:
+        span.end(end_time=int(end * 1e9))
+    _metrics.record_section(run.task_name, node.name, node.state, end - node.start)
+
+
+# --- events --------------------------------------------------------------------------------------
+def notify(node: Node, text: str, attributes: dict[str, Any] | None) -> None:
+    """A notification: an event named by the message, with the progress attributes."""
+    span: Span = node.span
+    if span is None or not span.is_recording():
+        return
+    current, total, pct = node.counters()
+    attrs: dict[str, Any] = {}
+    if current is not None:
+        attrs[A.CURRENT] = current
+    if pct is not None:
+        attrs[A.PERCENT] = pct
+    if total is not None:
+        attrs[A.TOTAL] = total
+    if attributes:
+        attrs.update(attributes)
+    span.add_event(text or "progress", attrs)
+
+
+def observer_progress(run: Run, text: str | None, percent: float, current: int | float,
+                      total: int | float) -> None:
+    """An Observer update: the run span's progress attributes, and an event for a new message."""
+    span: Span = run.node.span
+    if span is None or not span.is_recording():
+        return
+    attrs = {A.PERCENT: percent, A.CURRENT: current, A.TOTAL: total}
+    if text is not None:
+        span.add_event(text or "progress", attrs)
+    span.set_attributes(attrs)
+
+
+def record_failure(run: Run, exc: BaseException | None, exc_type: type[BaseException] | None,
+                   text: str) -> None:
+    """Observer.fail()/exception(): the exception (or one made from the message) on the span."""
+    span: Span = run.node.span
+    if span is None or not span.is_recording():
+        return
+    recorded = exc
+    if recorded is None and exc_type is not None:
+        try:
+            recorded = exc_type(text)
+        except Exception:
+            recorded = RuntimeError(text)
+    if recorded is not None:
+        record_exception(span, recorded)
+
+
+def record_exception(span: Span, exc: BaseException) -> None:
+    """``span.record_exception`` that survives exceptions whose ``__str__`` raises."""
+    try:
+        span.record_exception(exc, escaped=True)
+    except Exception:
+        try:
+            stack = "".join(traceback.format_tb(exc.__traceback__))
+        except Exception:
+            stack = ""
+        span.add_event("exception", {
+            "exception.type": type_name(exc),
+            "exception.message": exception_text(exc),
+            "exception.stacktrace": stack,
+            "exception.escaped": "True",
+        })
+
+
+@guard("spans.sync")
+def sync(run: Run) -> None:
+    """Push counters to the open spans (the flusher calls this; the hot path never does)."""
+    if run.finished:
+        return
+    span: Span = run.node.span
+    if span is not None and span.is_recording():
+        current, total, _ = run.node.counters()
+        attrs: dict[str, Any] = {A.PERCENT: round(run.overall_percent()[0], 2)}
+        if current is not None:
+            attrs[A.CURRENT] = current
+        if total is not None:
+            attrs[A.TOTAL] = total
+        span.set_attributes(attrs)
+    for node in list(run.open_top.values()):
+        node_span: Span = node.span
+        if node_span is not None and node_span.is_recording() and node.state == "running":
+            current, total, pct = node.counters()
+            attrs = {}
+            if current is not None:
+                attrs[A.CURRENT] = current
+            if total is not None:
+                attrs[A.TOTAL] = total
+            if pct is not None:
+                attrs[A.PERCENT] = pct
+            if attrs:
+                node_span.set_attributes(attrs)
