@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 
-from otel_progress._sections import TaskUpdater
+from otel_progress import TaskUpdater
 
 
 def _sleep(seconds: float, scale: float) -> None:
@@ -45,7 +45,7 @@ def _seed_task_2(updater: TaskUpdater, scale: float) -> None:
 
 def run_demo(scale: float = 0.05, as_json: bool = False) -> int:
     """Run the seed example and print its log, status payload and span tree."""
-    from otel_progress._config import configure, force_flush
+    from otel_progress import configure, force_flush
     from otel_progress.testing import capture_spans
 
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):

@@ -69,8 +69,9 @@ def log_once(site: str, message: str, *args: object, level: int = logging.WARNIN
 
 
 def internal_error(site: str, exc: BaseException) -> None:
-    """Report an internal error: re-raise in strict mode, else log it once per site."""
+    """Report an internal error: log it once per site, and re-raise it in strict mode."""
     if _strict:
+        logger.error("%s in %s (strict mode: raised)", INTERNAL_ERROR_MARK, site, exc_info=exc)
         raise exc
     with _logged_lock:
         first = site not in _logged_sites

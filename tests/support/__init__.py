@@ -59,6 +59,7 @@ def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
         [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     clean["PYTHONUNBUFFERED"] = "1"
+    clean["OTEL_PROGRESS_STRICT"] = "1"  # internal errors raise in child processes too
     clean.update(env or {})
     return clean
 

@@ -60,6 +60,7 @@ def _hermetic_env(extra: Mapping[str, str] | None, redis_url: str | None) -> dic
         pythonpath.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(pythonpath)
     env["PYTHONUNBUFFERED"] = "1"
+    env["OTEL_PROGRESS_STRICT"] = "1"  # internal errors raise in workers too
     if redis_url is not None:
         env[REDIS_URL_ENV] = redis_url
     env.update(extra or {})
@@ -369,3 +370,15 @@ def celery_worker_factory(
         worker.wait_stopped(timeout=10.0)
     for worker in started:
         print(f"\n=== celery worker {worker.hostname} log: {worker.log_path}\n{worker.log_tail()}")
+    bad = [line for worker in started for line in internal_errors(worker.log_text())]
+    if bad:
+        pytest.fail("a worker hit an otel_progress internal error:\n" + "\n".join(bad[:20]))
+
+
+INTERNAL_ERROR_SIGNS = ("otel_progress internal error", "Exception in thread otel-progress")
+"""What a worker's log shows when otel_progress failed inside it (strict mode raises)."""
+
+
+def internal_errors(log: str) -> list[str]:
+    """Lines of ``log`` that show an otel_progress internal error."""
+    return [line for line in log.splitlines() if any(s in line for s in INTERNAL_ERROR_SIGNS)]
