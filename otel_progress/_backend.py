@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,6 +23,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
 from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.backends.rpc import RPCBackend
 
 from otel_progress._payload import (
     CELERY_FINAL,
@@ -369,6 +371,64 @@ class Reading:
                            date_done=celery.get("date_done"))
 
 
+_last_seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+MAX_REMEMBERED: Final = 1000
+"""Payloads remembered per process for backends that keep no key of ours (rpc://, database)."""
+
+
+_final_seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+
+def _keep(store: OrderedDict[str, dict[str, Any]], task_id: str, value: dict[str, Any]) -> None:
+    store[task_id] = value
+    store.move_to_end(task_id)
+    while len(store) > MAX_REMEMBERED:
+        store.popitem(last=False)
+
+
+def _watch_rpc(backend: Any) -> None:
+    """rpc:// delivers each state once, to whoever drains the reply queue first (often
+    ``AsyncResult.get()``): watch the messages so the reader still knows the final state and the
+    last payload afterwards."""
+    consumer = backend.result_consumer
+    if getattr(consumer, "_otel_progress_watched", False):
+        return
+    original = consumer.on_state_change
+
+    def on_state_change(meta: Any, message: Any) -> Any:
+        with guard_quiet():
+            if isinstance(meta, dict) and meta.get("task_id"):
+                task_id = str(meta["task_id"])
+                if meta.get("status") in CELERY_FINAL:
+                    _keep(_final_seen, task_id, meta)
+                else:
+                    _remember(task_id, meta)
+        return original(meta, message)
+
+    consumer.on_state_change = on_state_change
+    consumer._otel_progress_watched = True
+
+
+class guard_quiet:
+    """Swallow any error of the watcher: it must never break Celery's own result delivery."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], Exception)  # type: ignore[arg-type]
+
+
+def _remember(task_id: str, meta: Any) -> dict[str, Any] | None:
+    """On rpc:// and database backends Celery's final state replaces the PROGRESS meta that
+    held our payload: the reader keeps the last payload it saw, to close it from Celery's state."""
+    result = meta.get("result") if isinstance(meta, dict) else None
+    if isinstance(result, dict) and result.get("schema") == SCHEMA_VERSION:
+        _keep(_last_seen, task_id, result)
+        return None  # the meta itself carries it
+    return _last_seen.get(task_id)
+
+
 def _read_many(app: Any, task_ids: Sequence[str], timeout: float) -> list[Reading]:
     backend = app.backend
     client = _redis(backend)
@@ -395,12 +455,19 @@ def _read_many(app: Any, task_ids: Sequence[str], timeout: float) -> list[Readin
         readings = []
         for task_id in task_ids:
             ours = None
+            meta = backend.get_task_meta(task_id)
             if isinstance(backend, BaseKeyValueStoreBackend):
                 ours = _decode(backend, backend.get(own_key(task_id)))
-            meta = backend.get_task_meta(task_id)
+            else:
+                if meta.get("status") not in CELERY_FINAL and task_id in _final_seen:
+                    meta = _final_seen[task_id]
+                ours = _remember(task_id, meta)
             readings.append(Reading(ours, meta))
         return readings
 
+    if isinstance(backend, RPCBackend):  # its reply queue is this thread's: read here
+        _watch_rpc(backend)
+        return read_all()
     try:
         return bounded(read_all, timeout)
     except BackendUnavailable:

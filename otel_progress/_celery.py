@@ -304,7 +304,7 @@ def _on_worker_init(**_kwargs: Any) -> None:
 
 
 def _on_before_publish(
-    sender: Any = None, headers: dict[str, Any] | None = None, **_kwargs: Any
+    sender: Any = None, headers: dict[str, Any] | None = None, body: Any = None, **_kwargs: Any
 ) -> None:
     """A task is tracked from publish: record it ``queued``, and as a child of the running one."""
     with guard("celery.before_task_publish"):
@@ -318,7 +318,7 @@ def _on_before_publish(
             run = run_of_task(parent.task_id)
             if run is not None:
                 _add_child(run, str(task_id))
-                callback = _chord_callback_id(headers)
+                callback = _chord_callback_id(headers, body)
                 if callback is not None:
                     _add_child(run, callback)
         if _track_queued:
@@ -331,9 +331,13 @@ def _add_child(run: Run, task_id: str) -> None:
         run.children.append(task_id)
 
 
-def _chord_callback_id(headers: dict[str, Any]) -> str | None:
-    """The id of a chord's callback, carried by each header task's message."""
+def _chord_callback_id(headers: dict[str, Any], body: Any) -> str | None:
+    """The id of a chord's callback, which each header task's message carries (protocol 2:
+    ``body = (args, kwargs, {"chord": <callback signature>, ...})``; protocol 1: a header)."""
     chord = headers.get("chord")
+    if chord is None and isinstance(body, (tuple, list)) and len(body) == 3 \
+            and isinstance(body[2], dict):
+        chord = body[2].get("chord")
     if isinstance(chord, dict):
         task_id = (chord.get("options") or {}).get("task_id")
         return str(task_id) if task_id else None
