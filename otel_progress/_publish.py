@@ -108,7 +108,7 @@ class Publisher:
             if self.on_event is not None:
                 self._write(lambda: self.on_event(payload))
             self.last_sent = comparable
-            if run.finished and not isinstance(self.target, _backend.TaskTarget):
+            if payload["finished"] and not isinstance(self.target, _backend.TaskTarget):
                 # Outside Celery nothing else ends the publisher: the finished state was the
                 # last thing to write. (A Celery run waits for the task-end hook's final write.)
                 self.closed = True

@@ -1,8 +1,8 @@
 """Regression tests for the defects of issue 15, one (or a small group) per item.
 
-Each is marked ``xfail(strict=True)`` until its fix lands: the marker comes off with the fix.
-The comment above each test says what the code did when the test was written (observed with
-``pytest --runxfail``). Real workers run ``tests.apps.defects_app`` on its own queue.
+Each test failed, at its expected-behaviour assertion, on the code before the fix; the comment
+above each test says what that code did. Real workers run ``tests.apps.defects_app`` on its own
+queue.
 Span attributes use the ``otel_progress.*`` names of issue 7 (DECISIONS 5a).
 """
 
@@ -192,8 +192,6 @@ def silent_server() -> Iterator[SilentServer]:
 # SIGKILLs it 0.1 s later, and the flusher (0.05 s interval here, so that window surely holds a
 # tick; 0.5 s by default, where the issue saw 2 of 6) writes in between.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 1: a dying child's PROGRESS replaces "
-                   "Celery's final state")
 @pytest.mark.parametrize("kill", ["revoke", "time_limit"])
 def test_celery_final_state_is_never_replaced_by_a_dying_child(
         kill: str, app: Any, celery_worker_factory: WorkerFactory) -> None:
@@ -224,8 +222,6 @@ def test_celery_final_state_is_never_replaced_by_a_dying_child(
 # "Exception while exporting Span batch" ... UnicodeEncodeError), the bad span neither, and the
 # metrics exporter logs "Failed to encode key" for the section_name label.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 2: a lone surrogate in a section name "
-                   "loses the span batch")
 def test_a_lone_surrogate_in_a_section_name_loses_no_span(
         app: Any, celery_worker_factory: WorkerFactory, otlp_receiver: OtlpGrpcReceiver) -> None:
     """A section named "\\udcffbad" next to healthy tasks: every span arrives, as valid UTF-8."""
@@ -259,8 +255,6 @@ def test_a_lone_surrogate_in_a_section_name_loses_no_span(
 # through Celery's 20-retry policy ("Connection to Redis lost: Retry (0/20) now." ...; the issue
 # measured ~88 s in all).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 3: a hung backend holds the task end "
-                   "far past FINAL_TIMEOUT")
 def test_a_hung_result_backend_holds_the_task_end_at_most_final_timeout(
         app: Any, celery_worker_factory: WorkerFactory, silent_server: SilentServer) -> None:
     """Backend accepts and never answers: Celery's runtime exceeds the body by <= FINAL_TIMEOUT.
@@ -303,8 +297,6 @@ def test_a_hung_result_backend_holds_the_task_end_at_most_final_timeout(
 # no sections: the queued payload from publish with only its state replaced; the 30 % with the
 # running section that get_progress had just returned is gone.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 4: get_progress contradicts itself after "
-                   "a SIGKILLed child")
 def test_sigkilled_child_reads_finished_with_the_last_progress_and_celerys_exception(
         app: Any, worker: CeleryWorker) -> None:
     """SIGKILL mid-task at 30 %: finished, status 0, end, WorkerLostError, the 30 % kept."""
@@ -326,8 +318,6 @@ def test_sigkilled_child_reads_finished_with_the_last_progress_and_celerys_excep
 # Observed: state "failed" but finished False, status 2, end None, exc_type/exc_message None (the
 # queued payload from publish with only its state replaced).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 4: get_progress contradicts itself for a "
-                   "task that raised before an updater")
 def test_task_raising_before_any_updater_reads_finished_with_its_exception(
         app: Any, worker: CeleryWorker) -> None:
     """A task tracked since publish raises before any updater: finished, status 0, the error."""
@@ -348,8 +338,6 @@ def test_task_raising_before_any_updater_reads_finished_with_its_exception(
 # SystemExit/-241 and the section "succeeded" at 100 (the child's final write lands in the 0.1 s
 # between billiard's SIGTERM and SIGKILL; had it not, exc_type would read None).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 5: revoke/time limit read failed/"
-                   "SystemExit/-241, the section succeeded 100 %")
 @pytest.mark.parametrize("kill", ["revoke", "time_limit"])
 def test_revoke_and_hard_time_limit_read_their_own_state_and_the_section_percent(
         kill: str, app: Any, worker: CeleryWorker) -> None:
@@ -382,7 +370,6 @@ def test_revoke_and_hard_time_limit_read_their_own_state_and_the_section_percent
 # publishes with reply_to None, to nowhere, silently (no warning in the worker log). The
 # sender sees PENDING, then SUCCESS; get_progress is None before, during and after.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 6: nothing is published over rpc://")
 def test_rpc_backend_shows_progress_to_the_sender_and_the_final_payload(
         redis_server: RedisServer, celery_worker_factory: WorkerFactory) -> None:
     """rpc:// backend: the sender sees PROGRESS with the payload mid-task, and the final one."""
@@ -424,7 +411,6 @@ class _RecordingTask:
 
 # Observed: the two published payloads are 1,000,523 and 1,000,529 bytes (the meta value is
 # copied in whole, and rewritten on every change).
-@pytest.mark.xfail(strict=True, reason="issue 15 item 7: Observer meta= values are not capped")
 def test_observer_meta_never_makes_the_published_payload_exceed_16_kib() -> None:
     """Observer.update(meta={"blob": 1 MB}): every published payload stays <= 16 KiB."""
     set_min_interval(0.05)
@@ -458,7 +444,6 @@ def _scan_loop_percents() -> list[tuple[float, bool]]:
 
 # Observed: 25, 50, 75, 100, 100, 62.5, 75, 87.5, 100, 100, 75, 83.33, ... (back from 100 to
 # 62.5 when the second section opens).
-@pytest.mark.xfail(strict=True, reason="issue 15 item 8: overall percent goes backwards")
 def test_overall_percent_never_decreases_without_expected_sections() -> None:
     """The scan loop's overall percent never decreases within the attempt."""
     percents = [pct for pct, _ in _scan_loop_percents()]
@@ -467,7 +452,6 @@ def test_overall_percent_never_decreases_without_expected_sections() -> None:
 
 
 # Observed: reads 100.0 at the end of the first section's steps, long before the run finished.
-@pytest.mark.xfail(strict=True, reason="issue 15 item 8: overall percent reads 100 mid-task")
 def test_overall_percent_never_reads_100_before_the_run_finished() -> None:
     """The scan loop's overall percent stays below 100 until insert_final_update()."""
     percents = [pct for pct, _ in _scan_loop_percents()]
@@ -475,8 +459,6 @@ def test_overall_percent_never_reads_100_before_the_run_finished() -> None:
 
 
 # Observed: indeterminate is False after every step (the count of sections is never known).
-@pytest.mark.xfail(strict=True, reason="issue 15 item 8: unknown section count not flagged "
-                   "indeterminate")
 def test_unknown_section_count_reads_indeterminate() -> None:
     """Without expected_sections the overall percent is flagged indeterminate while running."""
     flags = [indeterminate for _, indeterminate in _scan_loop_percents()]
@@ -486,7 +468,6 @@ def test_unknown_section_count_reads_indeterminate() -> None:
 # Observed: the "retrying" payload between the attempts reads 100.0 (the attempt's run counted
 # as finished), with the attempt's section at 50 %.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 8: the retrying payload reads 100 %")
 def test_retrying_payload_does_not_read_100(app: Any, worker: CeleryWorker) -> None:
     """Between retry() attempts the payload says retrying below 100 %."""
     result = app.retry_half.delay(2.0)
@@ -539,7 +520,6 @@ HUGE = {
 # to convert to float"), from as_number's math.copysign or from float + int in advance().
 # Outside strict mode pos/increment/advance still raise, progress() logs an internal error and
 # keeps current unset, and update(step=) returns percent 0.0.
-@pytest.mark.xfail(strict=True, reason="issue 15 item 10: huge integers raise OverflowError")
 @pytest.mark.parametrize("case", sorted(HUGE))
 def test_huge_integers_are_clamped_without_raising(case: str) -> None:
     """10**400 through pos, increment, update(step=), advance(), progress(): clamped, no raise."""
@@ -555,8 +535,6 @@ def test_huge_integers_are_clamped_without_raising(case: str) -> None:
 # Observed: sections "advance" and "observer" read failed (OverflowError in user code; the
 # updater suppresses it), "progress" succeeded; the task reads failed.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 10: huge integers fail sections in a "
-                   "worker")
 def test_huge_integers_in_a_worker_fail_no_section(app: Any, worker: CeleryWorker) -> None:
     """In a worker, 10**400 through every counter leaves every section succeeded."""
     result = app.huge_integers.delay()
@@ -571,7 +549,6 @@ def test_huge_integers_in_a_worker_fail_no_section(app: Any, worker: CeleryWorke
 # --- 11. children_progress counts every child --------------------------------------------------
 # Observed: total 100, finished 100 (the payload lists the last 100 child ids only).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 11: children_progress counts at most 100")
 def test_children_progress_counts_all_300_children(app: Any, worker: CeleryWorker) -> None:
     """A parent that published 300 children reports total 300, finished 300 once they ran."""
     parent = app.fan_out.delay(300)
@@ -587,7 +564,6 @@ def test_children_progress_counts_all_300_children(app: Any, worker: CeleryWorke
 
 # Observed: the chord's callback id is missing from "children"; total 2 (the header tasks).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 11: a chord's callback is not a child")
 def test_chord_callback_counts_as_a_child(app: Any, worker: CeleryWorker) -> None:
     """A chord published in a section: header tasks and callback are the parent's children."""
     parent = app.fan_out_chord.delay()
@@ -604,8 +580,6 @@ def test_chord_callback_counts_as_a_child(app: Any, worker: CeleryWorker) -> Non
 # Observed: stderr has "otel_progress: the task-end hook was not installed before the worker
 # started; call ProgressInstrumentor().instrument() at import time" (task_postrun fallback).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 item 12: eager mode warns about the task-end "
-                   "hook")
 def test_seed_observer_example_prints_no_hook_warning() -> None:
     """examples/seed_observer.py (eager, no worker) says nothing about the task-end hook."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -619,8 +593,6 @@ def test_seed_observer_example_prints_no_hook_warning() -> None:
 # --- also: a section span keeps its reported percent -------------------------------------------
 # Observed: the span has progress.percent 100.0 (forced at a normal exit; and no otel_progress.*
 # key yet: the rename of issue 7 is pending too); the rollup reads 50.0 as expected.
-@pytest.mark.xfail(strict=True, reason="issue 15 (also): a section span's percent is forced to "
-                   "100 at exit")
 def test_closed_section_span_keeps_its_reported_percent(spans: SpanCapture) -> None:
     """progress(5, 10) then a normal exit: the span keeps 50.0; the rollup counts it as 100."""
     updater = TaskUpdater(task_name="run", expected_sections=2)
