@@ -10,7 +10,6 @@ so Celery's own state and the task's return value are never altered.
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import time
@@ -21,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final
 
-from otel_progress._config import run_before_exit_flush
+from otel_progress import _lifecycle
 from otel_progress._payload import FINAL_STATES, ProgressPayload
 from otel_progress._run import Run, end_open_runs
 from otel_progress._safety import internal_error, log_once, logger, safe_str
@@ -460,19 +459,17 @@ def _after_fork_in_child() -> None:
     _runs_by_task.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_lifecycle.on_fork_child(_after_fork_in_child)
 
 
-def _at_exit() -> None:
+def _at_exit(deadline: float) -> None:
     """End open run spans and write pending payloads, before the exporters shut down."""
     try:
         end_open_runs()
-        flush_all(timeout=2.0)
+        flush_all(timeout=min(2.0, max(deadline - time.monotonic(), 0.0)))
     except Exception as exc:  # pragma: no cover - exit path
         internal_error("bridge.exit", exc)
 
 
-# Plain atexit covers an application-owned provider created earlier (handlers run newest
-# first); configure() runs the same callback before its own final flush.
-atexit.register(_at_exit)
-run_before_exit_flush(_at_exit)
+# The "bridge" stage runs before the exporters' final flush, at exit and at a worker's end.
+_lifecycle.on_shutdown(_at_exit, "bridge")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otel_progress import _bridge
+from otel_progress import _bridge, _lifecycle
 from otel_progress._payload import ProgressPayload
 from otel_progress._run import FAILED, Run
 from otel_progress._safety import internal_error, log_once, safe_str
@@ -196,21 +196,13 @@ def _on_postrun(task_id: str | None = None, **_kwargs: Any) -> None:
         task_ended(str(task_id), None)
 
 
-def _on_worker_shutdown(**_kwargs: Any) -> None:
-    """Write what is pending and flush spans before a pool child or the worker goes away."""
+def _on_worker_shutdown(deadline: float) -> None:
+    """Write what is pending before a pool child or the worker goes away (the export stage of
+    ``_lifecycle`` flushes the spans after it, under the same deadline)."""
     try:
-        _bridge.flush_all(timeout=5.0)
+        _bridge.flush_all(timeout=max(deadline - time.monotonic(), 0.0))
     except Exception as exc:
         internal_error("celery.shutdown", exc)
-    try:
-        from opentelemetry import trace
-
-        provider = trace.get_tracer_provider()
-        flush = getattr(provider, "force_flush", None)
-        if flush is not None:
-            flush(5000)
-    except Exception as exc:
-        internal_error("celery.shutdown.flush", exc)
 
 
 def connect_signals() -> None:
@@ -243,8 +235,7 @@ def _connect_worker_init() -> None:
     signals.worker_init.connect(_on_worker_init, weak=False)
     signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
-    signals.worker_process_shutdown.connect(_on_worker_shutdown, weak=False)
-    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
 
 
 _connect_worker_init()
+_lifecycle.on_shutdown(_on_worker_shutdown, "bridge")

@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
-from otel_progress import _bridge, _hooks
+from otel_progress import _bridge, _hooks, _lifecycle
 from otel_progress._bridge import FINAL_TIMEOUT
 from otel_progress._package import _instruments
 from otel_progress._payload import FINAL_STATES, SCHEMA_VERSION, ProgressPayload
@@ -69,11 +69,13 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             type(self)._celery_instrumented_by_us = True
         _hooks.install_task_end_hook()
         _hooks.connect_signals()
+        _lifecycle.connect_celery("instrument")
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
         _hooks.disconnect_signals()
+        _lifecycle.disconnect_celery("instrument")
         _bridge.set_send_events(False)
         _hooks.remove_task_end_hook()
         if type(self)._celery_instrumented_by_us:

@@ -1,0 +1,120 @@
+"""Process exit and fork in one place: atexit, ``os.register_at_fork``, Celery's worker_* signals.
+
+Every way out runs one shutdown, once per process: atexit, ``worker_process_shutdown`` (a prefork
+child leaves through ``os._exit``: no atexit there) and ``worker_shutdown``. All "bridge" callbacks
+(last progress writes, open run spans) run before all "export" ones (the final flush), under one
+deadline, so an exit never waits longer than :func:`shutdown_bound`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final, Literal
+
+from otel_progress._safety import logger
+
+Stage = Literal["bridge", "export"]
+DEFAULT_SHUTDOWN_BOUND_S: Final = 10.0
+"""Seconds a whole shutdown may take unless configure() set its export timeout."""
+
+_lock = threading.Lock()
+_callbacks: Final[dict[str, list[Callable[..., object]]]] = {
+    kind: [] for kind in ("bridge", "export", "fork", "worker_process_init")}
+_bound = DEFAULT_SHUTDOWN_BOUND_S
+_shut_down_in: int | None = None
+_owners: set[str] = set()
+_connected: list[tuple[Any, Callable[..., None]]] = []
+
+
+def _add(kind: str, callback: Callable[..., object]) -> None:
+    with _lock:
+        if callback not in _callbacks[kind]:
+            _callbacks[kind].append(callback)
+
+
+def on_shutdown(callback: Callable[[float], object], stage: Stage) -> None:
+    """Run ``callback(deadline)`` (a ``time.monotonic()`` value) when this process shuts down."""
+    _add(stage, callback)
+
+
+def on_fork_child(callback: Callable[[], object]) -> None:
+    """Run ``callback()`` in the child right after each ``fork()``."""
+    _add("fork", callback)
+
+
+def on_worker_process_init(callback: Callable[[], object]) -> None:
+    """Run ``callback()`` in each new Celery prefork child (once :func:`connect_celery` ran)."""
+    _add("worker_process_init", callback)
+
+
+def set_shutdown_bound(seconds: float) -> None:
+    """Let a whole shutdown take ``seconds`` (configure() passes its export timeout)."""
+    global _bound
+    _bound = seconds
+
+
+def shutdown_bound() -> float:
+    """Seconds the whole shutdown may take: the export timeout configure() set, default 10."""
+    return _bound
+
+
+def run_shutdown(reason: str) -> None:
+    """Run every bridge, then every export callback, under one deadline; once per process."""
+    global _shut_down_in
+    with _lock:
+        if _shut_down_in == os.getpid():  # e.g. atexit after worker_shutdown: no second wait
+            return
+        _shut_down_in = os.getpid()
+    _run(("bridge", "export"), reason, time.monotonic() + _bound)
+
+
+def _run(kinds: tuple[str, ...], reason: str, *args: float, **_: object) -> None:
+    for callback in [callback for kind in kinds for callback in _callbacks[kind]]:
+        try:
+            callback(*args)
+        except Exception:  # an exit or fork path: log, never raise into atexit or Celery
+            logger.warning("otel_progress internal error in lifecycle.%s (ignored)", reason,
+                           exc_info=True)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork()
+    _run(("fork",), "fork")
+
+
+def _on_worker_exit(signal: Any = None, **_: object) -> None:
+    run_shutdown(str(getattr(signal, "name", "worker_shutdown")))
+
+
+def connect_celery(owner: str) -> None:
+    """Connect the worker_* receivers on behalf of ``owner`` ("configure", "instrument")."""
+    from celery import signals
+
+    with _lock:
+        _owners.add(owner)
+        for signal, receiver in () if _connected else (
+            (signals.worker_process_init, partial(_run, ("worker_process_init",), "init")),
+            (signals.worker_process_shutdown, _on_worker_exit),
+            (signals.worker_shutdown, _on_worker_exit),
+        ):
+            signal.connect(receiver, weak=False)  # strong: teardown must not drop them
+            _connected.append((signal, receiver))
+
+
+def disconnect_celery(owner: str) -> None:
+    """Forget ``owner``; with no owner left, disconnect exactly what was connected."""
+    with _lock:
+        _owners.discard(owner)
+        while not _owners and _connected:
+            signal, receiver = _connected.pop()
+            signal.disconnect(receiver)
+
+
+atexit.register(run_shutdown, "atexit")
+os.register_at_fork(after_in_child=_after_fork_in_child)
