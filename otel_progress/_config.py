@@ -1,11 +1,8 @@
-"""Export configuration: configure() sets otel_progress's own defaults, the SDK reads the rest.
-
-Only the arguments given reach the SDK, plus otel_progress's defaults where their variable is
-unset (a queue of 8192 spans, 4096 characters per attribute value, 1000 events per span, grpc per
-signal, the shutdown bound). Every other ``OTEL_*`` variable is the SDK's, as opentelemetry-distro
-and logfire leave it; configure() reads only what picks the exporters (``OTEL_TRACES_EXPORTER``,
-``OTEL_METRICS_EXPORTER``, the protocols) and ``OTEL_BSP_MAX_QUEUE_SIZE`` (the drop count needs it).
-"""
+"""Export configuration: configure() passes the SDK only the arguments given and otel_progress's
+own defaults where their variable is unset; the SDK reads every other ``OTEL_*`` variable itself,
+as opentelemetry-distro and logfire leave it. configure() reads only what picks the exporters
+(``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``, the protocols) and ``OTEL_BSP_MAX_QUEUE_SIZE``
+(the exact drop count needs the number)."""
 
 from __future__ import annotations
 
@@ -112,13 +109,12 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
 
 def _protocol(signal: str) -> str:
     """The signal's own variable, else the generic one, else grpc."""
-    for variable in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        raw = os.environ.get(variable, "").strip().lower()
-        if raw and raw not in _PROTOCOLS:
-            raise ValueError(f"{variable}={raw!r}: must be grpc or http/protobuf")
-        if raw:
-            return raw
-    return "grpc"
+    names = (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+    variable = next((name for name in names if os.environ.get(name, "").strip()), None)
+    raw = os.environ[variable].strip().lower() if variable else "grpc"
+    if raw not in _PROTOCOLS:
+        raise ValueError(f"{variable}={raw!r}: must be grpc or http/protobuf")
+    return raw
 
 
 def _exporter(s: dict[str, Any], signal: Literal["traces", "metrics"]) -> Any:
@@ -135,16 +131,17 @@ def _exporter(s: dict[str, Any], signal: Literal["traces", "metrics"]) -> Any:
         **kwargs)
 
 
-def _owners() -> tuple[str | None, str | None]:
-    """Who owns the global tracer and meter providers: otel_progress, the application, or
-    nobody yet (the API's proxies)."""
-    def owner(current: object, ours: object) -> str | None:
-        api = type(current).__module__.split(".")[:2] in (["opentelemetry", "trace"],
-                                                           ["opentelemetry", "metrics"])
-        return _OURS if ours is not None and current is ours else None if api else "application"
+def _owner(current: object, ours: object) -> str | None:
+    """Who owns a global provider: otel_progress, the application, or nobody yet (the API's)."""
+    if ours is not None and current is ours:
+        return _OURS
+    api = type(current).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
+    return None if api else "application"
 
-    return (owner(trace.get_tracer_provider(), _provider),
-            owner(metrics.get_meter_provider(), _meter_provider))
+
+def _owners() -> tuple[str | None, str | None]:
+    return (_owner(trace.get_tracer_provider(), _provider),
+            _owner(metrics.get_meter_provider(), _meter_provider))
 
 
 def _build(s: dict[str, Any]) -> _pipeline.Exporters:
@@ -264,8 +261,7 @@ def force_flush(timeout_millis: int = 30000) -> bool:
 
 def _flush(provider: object, deadline: float) -> bool:
     flush = getattr(provider, "force_flush", None)
-    if not callable(flush) or type(provider).__module__.startswith(("opentelemetry.trace",
-                                                                    "opentelemetry.metrics")):
+    if not callable(flush) or _owner(provider, None) is None:
         return True  # the API's proxies buffer nothing
     timeout_s = max(deadline - time.monotonic(), 0.0)
     return in_background(lambda: flush(timeout_s * 1000), "otel_progress-flush")(timeout_s)

@@ -1,10 +1,8 @@
 """Process exit and fork in one place: atexit, ``os.register_at_fork``, Celery's worker_* signals.
 
 Every way out runs one shutdown, once per process: atexit, ``worker_process_shutdown`` (a prefork
-child leaves through ``os._exit``: no atexit there) and ``worker_shutdown``. All "bridge" callbacks
-(last progress writes, open run spans) run before all "export" ones (the final flush), under one
-deadline, so an exit never waits longer than :func:`shutdown_bound`.
-"""
+child leaves by ``os._exit``: no atexit) or ``worker_shutdown``. All "bridge" callbacks (last
+writes, open run spans) run before all "export" ones (the final flush), under one deadline."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""What the OTel SDK lacks around the exporters configure() builds: one generation of them
-(:class:`Exporters`) behind switches on the one provider per process, replaced by re-configure(),
-reset() and each prefork child; bounded waits (``BatchSpanProcessor.force_flush``/``shutdown``
-ignore their timeouts, opentelemetry-python#4568); an exact count of lost spans; and export
-health shared with forked children.
-"""
+"""What the SDK lacks around configure()'s exporters: a generation of them behind switches on the
+one provider per process (re-configure(), reset() and prefork children replace it), bounded waits
+(``BatchSpanProcessor.force_flush``/``shutdown`` ignore their timeouts, opentelemetry-python#4568),
+an exact count of lost spans, and export health shared with forked children."""
 
 from __future__ import annotations
 
@@ -99,20 +97,14 @@ LOSSES: Final = _Losses()
 
 
 class Exporters(SpanExporter):
-    """One generation of configure()'s exporters: spans (OTLP through the SDK's batch queue,
-    console directly) and metrics, with the ledger of every span in that queue.
+    """One generation of configure()'s exporters (spans through the SDK's batch queue, the console,
+    metrics) and the ledger of every span in that queue: admitted (pending) before it enters,
+    out when the queue hands it to :meth:`export`, refused when the queue is full. So the SDK's
+    queue never drops by itself (its count, taken when the queue *looks* full, over-counts under
+    load) and each lost span counts once: refused, failed, or pending when :meth:`close` ends."""
 
-    A span is admitted (pending) before it enters the queue and leaves the ledger when the queue
-    hands it to :meth:`export`; with as many pending as the queue holds, it is refused. So the
-    SDK's queue never drops by itself (its own count, taken when the queue *looks* full,
-    over-counts under load) and each lost span is counted once: refused, failed to export, or
-    pending or in flight when :meth:`close` gives up.
-    """
-
-    def __init__(
-        self, spans: SpanExporter | None, console: SpanExporter | None,
-        metrics: MetricExporter | None, queue: int, batch: int | None,
-    ) -> None:
+    def __init__(self, spans: SpanExporter | None, console: SpanExporter | None,
+                 metrics: MetricExporter | None, queue: int, batch: int | None) -> None:
         self._inner, self.metrics, self._queue = spans, metrics, queue
         self._lock = threading.Lock()
         self._pending = self._in_flight = 0
@@ -156,11 +148,10 @@ class Exporters(SpanExporter):
             LOSSES.add(lost, "export_failed" if inner is not None else "shutdown")
         return result
 
-    def shutdown(self, close_inner: bool = True) -> None:
+    def shutdown(self) -> None:
         """Stop exporting spans now: an export in flight fails instead of waiting its timeout."""
-        self._deadline = -math.inf
-        inner, self._inner = self._inner, None
-        if inner is not None and close_inner:  # a forked child leaves the parent's alone
+        self._deadline, inner, self._inner = -math.inf, self._inner, None
+        if inner is not None:
             inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -188,12 +179,9 @@ class Exporters(SpanExporter):
 
     def _close_spans(self, deadline: float, give_up: bool) -> None:
         assert self._batch is not None
-        before = LOSSES.count
-        self._deadline = time.monotonic() if give_up else deadline
-        if give_up:
-            self.shutdown()
+        before, self._deadline = LOSSES.count, time.monotonic() if give_up else deadline
         done = in_background(self._batch.shutdown, "otel_progress-shutdown")
-        if not done(0.0 if give_up else deadline - time.monotonic()):
+        if not done(self._deadline - time.monotonic()):
             if not give_up:
                 record_export("traces", ok=False)  # still exporting at the deadline: a timeout
             self.shutdown()
@@ -202,9 +190,8 @@ class Exporters(SpanExporter):
             self._closed = True
         LOSSES.add(lost, "shutdown")
         if LOSSES.count > before:
-            logger.warning("otel_progress: %d span(s) could not be exported at shutdown (%s)",
-                           LOSSES.count - before, "exports were failing: not waiting" if give_up
-                           else "bounded by the export timeout")
+            logger.warning("otel_progress: %d span(s) not exported at shutdown (%s)", LOSSES.count
+                           - before, "exports were failing" if give_up else "bound reached")
 
     def after_fork(self) -> None:
         """The SDK's batch processor empties its queue in a forked child: so does the ledger."""
@@ -213,8 +200,7 @@ class Exporters(SpanExporter):
 
     def abandon(self) -> None:
         """Stop in a prefork child that rebuilt its exporters, leaving the parent's connections."""
-        self.shutdown(close_inner=False)
-        self._closed, self.metrics = True, None
+        self._deadline, self._inner, self.metrics, self._closed = -math.inf, None, None, True
         if self._batch is not None:
             in_background(self._batch.shutdown, "otel_progress-abandon")
 
@@ -260,22 +246,18 @@ class MetricSwitch(MetricExporter):
                          getattr(first, "_preferred_aggregation", None))
         self._switch = switch
 
-    def _inner(self) -> MetricExporter | None:
-        return None if self._switch.current is None else self._switch.current.metrics
-
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        inner = self._inner()
-        if inner is None:
+        inner = self._switch.current and self._switch.current.metrics
+        if not inner:
             return MetricExportResult.SUCCESS
         result = inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         record_export("metrics", result is MetricExportResult.SUCCESS)
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        inner = self._inner()
-        return inner is None or inner.force_flush(timeout_millis)
+        return True  # the OTLP exporters buffer nothing
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         pass  # each generation of exporters closes its own
