@@ -57,7 +57,8 @@ METRIC_PROGRESS_AGE: Final = "otel_progress.progress.age"
 (0 when none runs). A stuck span never ends, so this is what "stopped reporting" alerts use.
 Prometheus: ``otel_progress_progress_age_seconds``. Label: task_name."""
 METRIC_SPANS_DROPPED: Final = "otel_progress.spans.dropped"
-"""Counter, {span}: spans the batch processor dropped because its queue was full."""
+"""Counter, {span}: spans lost before reaching the collector; ``error.type`` is ``queue_full``,
+``export_failed`` or ``shutdown`` (given up at the shutdown bound)."""
 
 LABEL_TASK_NAME: Final = "task_name"
 LABEL_SECTION_NAME: Final = "section_name"

@@ -377,15 +377,6 @@ _lifecycle.on_fork_child(_after_fork)
 _lifecycle.on_shutdown(_bridge_shutdown, "bridge")
 
 
-def _interim_exit() -> None:
-    _lifecycle.run_shutdown("exit")
-
-
-from otel_progress import _config  # noqa: E402  (interim: until _lifecycle owns exit for export)
-
-_config.run_before_exit_flush(_interim_exit)
-
-
 def install() -> None:
     """Turn on the state bridge in a worker that does not use ``ProgressInstrumentor``.
 

@@ -1,7 +1,8 @@
-"""Process lifecycle: exit, fork and Celery's worker_* signals, for export and the bridge.
+"""Process exit and fork in one place: atexit, ``os.register_at_fork``, Celery's worker_* signals.
 
-(Interim version; the export room's rewrite replaces it with the same API.)
-"""
+Every way out runs one shutdown, once per process: atexit, ``worker_process_shutdown`` (a prefork
+child leaves by ``os._exit``: no atexit) or ``worker_shutdown``. All "bridge" callbacks (last
+writes, open run spans) run before all "export" ones (the final flush), under one deadline."""
 
 from __future__ import annotations
 
@@ -10,123 +11,108 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Final, Literal
 
 from otel_progress._safety import logger
 
 Stage = Literal["bridge", "export"]
+DEFAULT_SHUTDOWN_BOUND_S: Final = 10.0
+"""Seconds a whole shutdown may take unless configure() set its export timeout."""
 
-_shutdown: dict[Stage, list[Callable[[float], object]]] = {"bridge": [], "export": []}
-_fork: list[Callable[[], object]] = []
-_init: list[Callable[[], object]] = []
-_owners: set[str] = set()
-_connected: list[tuple[Any, Callable[..., Any]]] = []
 _lock = threading.Lock()
-_done_pid: int | None = None
-_bound = 10.0
+_callbacks: Final[dict[str, list[Callable[..., object]]]] = {
+    kind: [] for kind in ("bridge", "export", "fork", "worker_process_init")}
+_bound = DEFAULT_SHUTDOWN_BOUND_S
+_shut_down_in: int | None = None
+_owners: set[str] = set()
+_connected: list[tuple[Any, Callable[..., None]]] = []
 
 
-def set_shutdown_bound(seconds: float) -> None:
-    """Seconds the whole shutdown may take (configure() sets its export timeout)."""
-    global _bound
-    _bound = float(seconds)
-
-
-def shutdown_bound() -> float:
-    """Seconds the whole shutdown may take."""
-    return _bound
+def _add(kind: str, callback: Callable[..., object]) -> None:
+    with _lock:
+        if callback not in _callbacks[kind]:
+            _callbacks[kind].append(callback)
 
 
 def on_shutdown(callback: Callable[[float], object], stage: Stage) -> None:
-    """Run ``callback(deadline)`` at exit and at a worker's (or pool child's) shutdown."""
-    with _lock:
-        if callback not in _shutdown[stage]:
-            _shutdown[stage].append(callback)
+    """Run ``callback(deadline)`` (a ``time.monotonic()`` value) when this process shuts down."""
+    _add(stage, callback)
 
 
 def on_fork_child(callback: Callable[[], object]) -> None:
-    """Run ``callback`` in a forked child."""
-    with _lock:
-        if callback not in _fork:
-            _fork.append(callback)
+    """Run ``callback()`` in the child right after each ``fork()``."""
+    _add("fork", callback)
 
 
 def on_worker_process_init(callback: Callable[[], object]) -> None:
-    """Run ``callback`` in a new prefork child (``worker_process_init``)."""
-    with _lock:
-        if callback not in _init:
-            _init.append(callback)
+    """Run ``callback()`` in each new Celery prefork child (once :func:`connect_celery` ran)."""
+    _add("worker_process_init", callback)
+
+
+def set_shutdown_bound(seconds: float) -> None:
+    """Let a whole shutdown take ``seconds`` (configure() passes its export timeout)."""
+    global _bound
+    _bound = seconds
+
+
+def shutdown_bound() -> float:
+    """Seconds the whole shutdown may take: the export timeout configure() set, default 10."""
+    return _bound
 
 
 def run_shutdown(reason: str) -> None:
-    """Every shutdown callback, bridge first, under one deadline; once per process."""
-    global _done_pid
-    if _done_pid == os.getpid():
-        return
-    _done_pid = os.getpid()
-    deadline = time.monotonic() + _bound
-    stages: tuple[Stage, ...] = ("bridge", "export")
-    for stage in stages:
-        for callback in list(_shutdown[stage]):
-            try:
-                callback(deadline)
-            except Exception:
-                logger.exception("otel_progress: %s callback failed at %s", stage, reason)
+    """Run every bridge, then every export callback, under one deadline; once per process."""
+    global _shut_down_in
+    with _lock:
+        if _shut_down_in == os.getpid():  # e.g. atexit after worker_shutdown: no second wait
+            return
+        _shut_down_in = os.getpid()
+    _run(("bridge", "export"), reason, time.monotonic() + _bound)
 
 
-def _after_fork() -> None:
-    global _done_pid
-    _done_pid = None
-    for callback in list(_fork):
+def _run(kinds: tuple[str, ...], reason: str, *args: float, **_: object) -> None:
+    for callback in [callback for kind in kinds for callback in _callbacks[kind]]:
         try:
-            callback()
-        except Exception:
-            logger.exception("otel_progress: a fork callback failed")
+            callback(*args)
+        except Exception:  # an exit or fork path: log, never raise into atexit or Celery
+            logger.warning("otel_progress internal error in lifecycle.%s (ignored)", reason,
+                           exc_info=True)
 
 
-def _on_process_init(**_: object) -> None:
-    for callback in list(_init):
-        try:
-            callback()
-        except Exception:
-            logger.exception("otel_progress: a worker_process_init callback failed")
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork()
+    _run(("fork",), "fork")
 
 
-def _on_process_shutdown(**_: object) -> None:
-    run_shutdown("worker_process_shutdown")
-
-
-def _on_worker_shutdown(**_: object) -> None:
-    run_shutdown("worker_shutdown")
+def _on_worker_exit(signal: Any = None, **_: object) -> None:
+    run_shutdown(str(getattr(signal, "name", "worker_shutdown")))
 
 
 def connect_celery(owner: str) -> None:
-    """Connect the worker_* receivers (refcounted by ``owner``)."""
+    """Connect the worker_* receivers on behalf of ``owner`` ("configure", "instrument")."""
     from celery import signals
 
     with _lock:
         _owners.add(owner)
-        if _connected:
-            return
-        for signal, handler in (
-            (signals.worker_process_init, _on_process_init),
-            (signals.worker_process_shutdown, _on_process_shutdown),
-            (signals.worker_shutdown, _on_worker_shutdown),
+        for signal, receiver in () if _connected else (
+            (signals.worker_process_init, partial(_run, ("worker_process_init",), "init")),
+            (signals.worker_process_shutdown, _on_worker_exit),
+            (signals.worker_shutdown, _on_worker_exit),
         ):
-            signal.connect(handler, weak=False)
-            _connected.append((signal, handler))
+            signal.connect(receiver, weak=False)  # strong: teardown must not drop them
+            _connected.append((signal, receiver))
 
 
 def disconnect_celery(owner: str) -> None:
-    """Disconnect them when no owner is left."""
+    """Forget ``owner``; with no owner left, disconnect exactly what was connected."""
     with _lock:
         _owners.discard(owner)
-        if _owners:
-            return
-        while _connected:
-            signal, handler = _connected.pop()
-            signal.disconnect(handler)
+        while not _owners and _connected:
+            signal, receiver = _connected.pop()
+            signal.disconnect(receiver)
 
 
-atexit.register(run_shutdown, "exit")
-os.register_at_fork(after_in_child=_after_fork)
+atexit.register(run_shutdown, "atexit")
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,4 +1,5 @@
-"""configure(): settings resolution, and spans/metrics reaching a real OTLP receiver on loopback.
+"""configure(): spans and metrics reaching real OTLP receivers on loopback, built by the SDK from
+the arguments given and the ``OTEL_*`` variables it reads itself.
 
 Anything that sets the global OTel providers runs in a child interpreter (``run_python``): the
 API allows one provider per process, and the pytest process keeps its own for span capture.
@@ -6,17 +7,16 @@ API allows one provider per process, and the pytest process keeps its own for sp
 
 from __future__ import annotations
 
+import ast
 import inspect
-import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import SpanLimits
 
-from otel_progress import _config
+import otel_progress
 from otel_progress._attributes import (
     METRIC_PROGRESS_AGE,
     METRIC_SECTION_DURATION,
@@ -336,17 +336,17 @@ def test_reset_lets_configure_run_again(
     )
 
 
-def test_span_ended_by_an_exit_callback_is_still_exported(
+def test_span_ended_by_a_bridge_shutdown_callback_is_still_exported(
     otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
 ) -> None:
-    """run_before_exit_flush() callbacks run before the final flush, whatever the atexit order."""
+    """"bridge" shutdown callbacks run before the final flush, whatever the atexit order."""
     run_script(
         """
         import atexit
-        from otel_progress._config import run_before_exit_flush
+        from otel_progress import _lifecycle
         configure(endpoint=ENDPOINT, timeout=2)
         span = trace.get_tracer("test").start_span("open at exit")
-        run_before_exit_flush(span.end)
+        _lifecycle.on_shutdown(lambda deadline: span.end(), "bridge")
         atexit.register(lambda: None)  # a later atexit handler does not change the order
         """,
         tmp_path, otlp_receiver.endpoint,
@@ -365,7 +365,6 @@ def test_application_tracer_provider_is_used_and_nothing_is_added(
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        from otel_progress import _config
         memory = InMemorySpanExporter()
         app_provider = TracerProvider()
         app_provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -375,13 +374,12 @@ def test_application_tracer_provider_is_used_and_nothing_is_added(
             pass
         force_flush(2000)
         report(names=[s.name for s in memory.get_finished_spans()],
-               same_provider=trace.get_tracer_provider() is app_provider,
-               owner=_config._state.tracer_owner)
+               same_provider=trace.get_tracer_provider() is app_provider)
         """,
         tmp_path, otlp_receiver.endpoint,
     )
 
-    assert ({"names": ["app span"], "same_provider": True, "owner": "application"}, 0) == (
+    assert ({"names": ["app span"], "same_provider": True}, 0) == (
         result.result, otlp_receiver.attempts("traces")
     )
 
@@ -534,146 +532,183 @@ def test_task_updater_sections_export_the_section_metrics(
     assert "stuck" in ages
 
 
-# --- the settings table (no network, no globals) ------------------------------------------------
-# (setting, argument, (variable, raw value), value from the argument, from the variable, default)
-RESOLUTION_CASES: list[tuple[str, object, tuple[str, str], object, object, object]] = [
-    ("service_name", "arg-svc", ("OTEL_SERVICE_NAME", "env-svc"), "arg-svc", "env-svc", None),
-    (
-        "endpoint", "http://127.0.0.1:1111", ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:2222"),
-        "http://127.0.0.1:1111", "http://127.0.0.1:2222", None,
-    ),
-    ("protocol", "grpc", ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), "grpc", "http/protobuf",
-     "grpc"),
-    (
-        "headers", {"Authorization": "Bearer a"},
-        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20e"),
-        {"authorization": "Bearer a"}, {"authorization": "Bearer e"}, None,
-    ),
-    ("insecure", False, ("OTEL_EXPORTER_OTLP_INSECURE", "true"), False, True, None),
-    ("timeout", 2, ("OTEL_EXPORTER_OTLP_TIMEOUT", "7"), 2.0, 7.0, 10.0),
-    (
-        "traces_exporter", "console", ("OTEL_TRACES_EXPORTER", "none"),
-        frozenset({"console"}), frozenset(), frozenset({"otlp"}),
-    ),
-    ("console", False, ("OTEL_TRACES_EXPORTER", "otlp,console"), False, True, False),
-    ("metrics", True, ("OTEL_METRICS_EXPORTER", "none"), True, False, True),
-    (
-        "resource_attributes", {"deployment.environment": "arg"},
-        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=env"),
-        {"deployment.environment": "arg"}, {"deployment.environment": "env"}, {},
-    ),
-    ("max_queue_size", 100, ("OTEL_BSP_MAX_QUEUE_SIZE", "300"), 100, 300, 8192),
-]
-# Settings configure() takes no argument for: (setting, (variable, raw), from it, default).
-ENVIRONMENT_ONLY_CASES: list[tuple[str, tuple[str, str], object, object]] = [
-    ("max_export_batch_size", ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64"), 64, 512),
-    ("max_attribute_length", ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100"), 100, 4096),
-    ("max_events", ("OTEL_SPAN_EVENT_COUNT_LIMIT", "10"), 10, 1000),
-    ("max_attributes", ("OTEL_ATTRIBUTE_COUNT_LIMIT", "16"), 16, 128),
-]
+# --- what the SDK reads itself, per signal ------------------------------------------------------
+SPAN_AND_COUNTER = f"""
+with trace.get_tracer("test").start_as_current_span("one"):
+    pass
+metrics.get_meter("otel_progress").create_counter({METRIC_SECTIONS!r}).add(1)
+"""
 
 
-def resolved(setting: str, arguments: Mapping[str, object], environ: Mapping[str, str]) -> Any:
-    """One resolved value (the whole table is resolved, as configure() does)."""
-    return getattr(_config._resolve(arguments, environ), setting)
+def has_counter(received: list[Any]) -> bool:
+    """Whether the section counter is among the received metrics."""
+    return any(metric.name == METRIC_SECTIONS for metric in received)
 
 
-@pytest.mark.parametrize(("setting", "argument", "env", "from_argument", "_env", "_default"),
-                         RESOLUTION_CASES, ids=[case[0] for case in RESOLUTION_CASES])
-def test_argument_beats_environment(
-    setting: str, argument: object, env: tuple[str, str], from_argument: object, _env: object,
-    _default: object,
+def test_signal_specific_endpoint_beats_the_generic_one(
+    make_otlp_receiver: Any, tmp_path: Path
 ) -> None:
-    """A configure() argument wins over its OTEL_* variable."""
-    assert from_argument == resolved(setting, {setting: argument}, dict([env]))
+    """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT sends spans there; metrics use the generic endpoint."""
+    traces, generic = make_otlp_receiver(), make_otlp_receiver()
+    run_script(
+        "configure(timeout=2)\n" + SPAN_AND_COUNTER, tmp_path,
+        env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.endpoint,
+             "OTEL_EXPORTER_OTLP_ENDPOINT": generic.endpoint},
+    )
 
-
-@pytest.mark.parametrize(
-    ("setting", "env", "from_env", "_default"),
-    [(case[0], case[2], case[4], case[5]) for case in RESOLUTION_CASES] + ENVIRONMENT_ONLY_CASES,
-    ids=[case[0] for case in RESOLUTION_CASES] + [case[0] for case in ENVIRONMENT_ONLY_CASES],
-)
-def test_environment_beats_default(
-    setting: str, env: tuple[str, str], from_env: object, _default: object
-) -> None:
-    """Without an argument, the OTEL_* variable wins over the default."""
-    assert from_env == resolved(setting, {}, dict([env]))
-
-
-@pytest.mark.parametrize(
-    ("setting", "default"),
-    [(case[0], case[5]) for case in RESOLUTION_CASES]
-    + [(case[0], case[3]) for case in ENVIRONMENT_ONLY_CASES],
-    ids=[case[0] for case in RESOLUTION_CASES] + [case[0] for case in ENVIRONMENT_ONLY_CASES],
-)
-def test_default_without_argument_or_environment(setting: str, default: object) -> None:
-    """With neither argument nor variable, the documented default applies."""
-    assert default == resolved(setting, {}, {})
-
-
-def test_the_table_has_a_row_for_every_configure_keyword() -> None:
-    """Every configure() keyword resolves through the one table (no setting bypasses it)."""
-    keywords = set(inspect.signature(_config.configure).parameters)
-    rows = {name for name, row in _config._SETTINGS.items() if row.check is not None}
-    assert keywords == rows
-
-
-def test_traces_specific_variable_beats_the_generic_one() -> None:
-    """OTEL_EXPORTER_OTLP_TRACES_TIMEOUT wins over OTEL_EXPORTER_OTLP_TIMEOUT."""
-    environ = {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3", "OTEL_EXPORTER_OTLP_TIMEOUT": "9"}
-    assert 3.0 == resolved("timeout", {}, environ)
-
-
-def test_resource_attributes_argument_merges_over_the_environment() -> None:
-    """resource_attributes= overrides OTEL_RESOURCE_ATTRIBUTES key by key, keeping the rest."""
-    environ = {"OTEL_RESOURCE_ATTRIBUTES": "team=env,region=eu"}
-    assert {"team": "arg", "region": "eu"} == resolved(
-        "resource_attributes", {"resource_attributes": {"team": "arg"}}, environ
+    generic.wait_for_metrics(has_counter, timeout=5)
+    assert (["one"], 0, 0) == (
+        [span.name for span in traces.wait_for_spans(1, timeout=5)],
+        generic.attempts("traces"), traces.attempts("metrics"),
     )
 
 
-def test_service_name_argument_beats_the_service_name_variable_in_the_resource() -> None:
-    """service_name= is the resource's service.name even when OTEL_SERVICE_NAME is set."""
-    environ = {"OTEL_SERVICE_NAME": "env-svc", "OTEL_RESOURCE_ATTRIBUTES": "service.name=attr"}
-    resource = resolved("resource_attributes", {"service_name": "arg-svc"}, environ)
-    assert "arg-svc" == resource["service.name"]
+def test_metrics_protocol_is_read_per_signal(
+    otlp_receiver: OtlpGrpcReceiver, otlp_http_receiver: OtlpHttpReceiver, tmp_path: Path
+) -> None:
+    """OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=http/protobuf with gRPC traces: metrics reach the
+    HTTP receiver, spans the gRPC one."""
+    run_script(
+        "configure(timeout=2)\n" + SPAN_AND_COUNTER, tmp_path,
+        env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": otlp_receiver.endpoint,
+             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{otlp_http_receiver.endpoint}/v1/metrics",
+             "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"},
+    )
+
+    otlp_http_receiver.wait_for_metrics(has_counter, timeout=5)
+    assert (["one"], 0, 0) == (
+        [span.name for span in otlp_receiver.wait_for_spans(1, timeout=5)],
+        otlp_http_receiver.attempts("traces"), otlp_receiver.attempts("metrics"),
+    )
 
 
-def test_service_name_variable_beats_resource_attributes_variable() -> None:
-    """OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES (as in the SDK)."""
-    environ = {"OTEL_SERVICE_NAME": "env-svc", "OTEL_RESOURCE_ATTRIBUTES": "service.name=attr"}
-    assert "env-svc" == resolved("resource_attributes", {}, environ)["service.name"]
+def test_generic_http_protocol_and_base_endpoint_reach_both_signal_paths(
+    otlp_http_receiver: OtlpHttpReceiver, tmp_path: Path
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and a base endpoint: the SDK posts spans to
+    /v1/traces and metrics to /v1/metrics."""
+    run_script(
+        "configure(timeout=2)\n" + SPAN_AND_COUNTER, tmp_path,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http_receiver.endpoint,
+             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    )
+
+    otlp_http_receiver.wait_for_metrics(has_counter, timeout=5)
+    assert ["one"] == [span.name for span in otlp_http_receiver.wait_for_spans(1, timeout=5)]
 
 
-def test_console_argument_adds_console_to_the_exporters() -> None:
-    """console=True keeps OTLP and adds the console exporter."""
-    assert frozenset({"otlp", "console"}) == resolved("traces_exporter", {"console": True}, {})
+def test_arguments_win_over_the_environment_and_resources_merge_key_by_key(
+    make_otlp_receiver: Any, tmp_path: Path
+) -> None:
+    """endpoint= and service_name= beat their variables; resource_attributes= overrides
+    OTEL_RESOURCE_ATTRIBUTES key by key, keeping the rest."""
+    given, from_env = make_otlp_receiver(), make_otlp_receiver()
+    run_script(
+        """
+        configure(endpoint=ENDPOINT, service_name="arg-svc", timeout=2,
+                  resource_attributes={"team": "arg"})
+        with trace.get_tracer("test").start_as_current_span("one"):
+            pass
+        """,
+        tmp_path, given.endpoint,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": from_env.endpoint, "OTEL_SERVICE_NAME": "env-svc",
+             "OTEL_RESOURCE_ATTRIBUTES": "team=env,region=eu"},
+    )
+
+    (span,) = given.wait_for_spans(1, timeout=5)
+    assert (("arg-svc", "arg", "eu"), 0) == (
+        (span.resource["service.name"], span.resource["team"], span.resource["region"]),
+        from_env.attempts("traces"),
+    )
 
 
-def test_metrics_default_off_when_traces_do_not_go_to_otlp() -> None:
-    """Metrics follow traces by default: no OTLP traces, no OTLP metrics."""
-    assert False is resolved("metrics", {"traces_exporter": "console"}, {})
+def test_span_limit_variables_replace_the_defaults(
+    otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
+) -> None:
+    """OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT and OTEL_SPAN_EVENT_COUNT_LIMIT are the SDK's to read."""
+    run_script(
+        """
+        configure(endpoint=ENDPOINT, timeout=2)
+        with trace.get_tracer("test").start_as_current_span("big") as span:
+            span.set_attribute("text", "x" * 1000)
+            for i in range(50):
+                span.add_event(f"event {i}")
+        """,
+        tmp_path, otlp_receiver.endpoint,
+        env={"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "100", "OTEL_SPAN_EVENT_COUNT_LIMIT": "10"},
+    )
+
+    (span,) = otlp_receiver.wait_for_spans(1, timeout=5)
+    assert (100, 10) == (len(span.attributes["text"]), len(span.events))
 
 
-def test_batch_size_is_clamped_to_the_queue_size() -> None:
-    """A queue smaller than the default batch size still makes a valid batch processor."""
-    assert 10 == resolved("max_export_batch_size", {"max_queue_size": 10}, {})
+def test_metrics_exporter_none_sends_spans_but_no_metrics(
+    otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
+) -> None:
+    """OTEL_METRICS_EXPORTER=none: configure() builds no metric exporter."""
+    run_script("configure(endpoint=ENDPOINT, timeout=2)\n" + SPAN_AND_COUNTER, tmp_path,
+               otlp_receiver.endpoint, env={"OTEL_METRICS_EXPORTER": "none"})
+
+    otlp_receiver.wait_for_spans(1, timeout=5)
+    assert 0 == otlp_receiver.attempts("metrics")
 
 
-def test_span_limits_argument_replaces_the_default_caps() -> None:
-    """span_limits= is used as given, instead of the caps from the table."""
-    limits = SpanLimits(max_events=5)
-    assert limits is _config._resolve({"span_limits": limits}, {}).limits()
+def test_traces_exporter_variable_picks_the_console(tmp_path: Path) -> None:
+    """OTEL_TRACES_EXPORTER=console prints spans, as traces_exporter="console" does."""
+    result = run_script(
+        """
+        configure()
+        with trace.get_tracer("test").start_as_current_span("printed"):
+            pass
+        """,
+        tmp_path, env={"OTEL_TRACES_EXPORTER": "console"},
+    )
+
+    assert '"name": "printed"' in result.stdout
 
 
-def test_only_arguments_are_passed_to_the_exporter_for_variables_it_reads_itself() -> None:
-    """Endpoint/headers from the environment are left to the SDK exporter's own rules."""
-    environ = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:2222",
-        "OTEL_EXPORTER_OTLP_HEADERS": "a=b",
-    }
-    settings = _config._resolve({"insecure": True, "timeout": 2}, environ)
-    assert {"insecure": True, "timeout": 2.0} == settings.exporter_kwargs()
+# --- bad values: the documented outcome ---------------------------------------------------------
+BAD_ENVIRONMENT = [
+    # (variable, value, outcome): "raises: <start of message>", or "warns: <text>" and spans flow
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "raises: OTEL_EXPORTER_OTLP_PROTOCOL='http/json'"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "lots", "raises: OTEL_BSP_MAX_QUEUE_SIZE='lots'"),
+    ("OTEL_SPAN_EVENT_COUNT_LIMIT", "many", "raises: OTEL_SPAN_EVENT_COUNT_LIMIT must be"),
+    ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon", "raises: could not convert string to float"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "soon", "warns: Unable to parse value for OTEL_BSP_SCHEDULE_DELAY"),
+    ("OTEL_TRACES_EXPORTER", "otlp,zipkin", "warns: OTEL_TRACES_EXPORTER=otlp,zipkin: configure()"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "outcome"), BAD_ENVIRONMENT,
+                         ids=[case[0] for case in BAD_ENVIRONMENT])
+def test_bad_environment_value_has_the_documented_outcome(
+    variable: str, value: str, outcome: str, otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
+) -> None:
+    """A malformed OTEL_* value: configure() raises ValueError (ours or the SDK's), or the SDK
+    warns and uses its default while spans still reach the collector."""
+    result = run_script(
+        """
+        try:
+            configure(endpoint=ENDPOINT, timeout=2)
+        except ValueError as exc:
+            report(outcome=f"raises: {exc}")
+        else:
+            with trace.get_tracer("test").start_as_current_span("one"):
+                pass
+            shutdown()
+            report(outcome="warns")
+        """,
+        tmp_path, otlp_receiver.endpoint, env={variable: value},
+    )
+
+    kind, _, text = outcome.partition(": ")
+    if kind == "raises":
+        assert outcome == result.result["outcome"][: len(outcome)], result.describe()
+    else:
+        assert ("warns", True, ["one"]) == (
+            result.result["outcome"], text in result.stderr,
+            [span.name for span in otlp_receiver.spans()],
+        ), result.describe()
 
 
 @pytest.mark.parametrize(
@@ -682,41 +717,107 @@ def test_only_arguments_are_passed_to_the_exporter_for_variables_it_reads_itself
         ({"endpoint": 4317}, TypeError),
         ({"timeout": "2"}, TypeError),
         ({"timeout": -1}, ValueError),
+        ({"timeout": True}, TypeError),
         ({"max_queue_size": 0}, ValueError),
         ({"headers": {"a": 1}}, TypeError),
         ({"protocol": "http/json"}, ValueError),
         ({"traces_exporter": "zipkin"}, ValueError),
+        ({"service_name": " "}, ValueError),
         ({"span_limits": {"max_events": 5}}, TypeError),
     ],
-    ids=["endpoint", "timeout-type", "timeout-value", "queue", "headers", "protocol",
-         "exporter", "span_limits"],
+    ids=["endpoint", "timeout-type", "timeout-value", "timeout-bool", "queue", "headers",
+         "protocol", "exporter", "service_name", "span_limits"],
 )
 def test_bad_argument_raises_a_clear_error_naming_it(
-    arguments: dict[str, object], error: type[Exception]
+    arguments: dict[str, Any], error: type[Exception]
 ) -> None:
-    """Misuse at construction raises TypeError/ValueError that names the argument."""
+    """Misuse raises TypeError/ValueError that names the argument, before anything is set up."""
     (name,) = arguments
     with pytest.raises(error, match=rf"^configure\({name}="):
-        _config._resolve(arguments, {})
+        otel_progress.configure(**arguments)
 
 
-def test_bad_environment_value_raises_value_error_naming_the_variable() -> None:
-    """A malformed OTEL_* value is reported with the variable's name, not silently ignored."""
-    with pytest.raises(ValueError, match=r"^OTEL_BSP_MAX_QUEUE_SIZE='lots'"):
-        _config._resolve({}, {"OTEL_BSP_MAX_QUEUE_SIZE": "lots"})
+@pytest.mark.parametrize("name", sorted(inspect.signature(otel_progress.configure).parameters))
+def test_every_keyword_is_type_checked(name: str) -> None:
+    """Each configure() keyword rejects a value of the wrong type, naming itself."""
+    with pytest.raises(TypeError, match=rf"^configure\({name}="):
+        otel_progress.configure(**{name: object()})
 
 
-def test_unknown_exporter_in_the_environment_is_ignored() -> None:
-    """OTEL_TRACES_EXPORTER=zipkin (the application's business) is skipped, not an error."""
-    assert frozenset({"otlp"}) == resolved(
-        "traces_exporter", {}, {"OTEL_TRACES_EXPORTER": "otlp,zipkin"}
+def test_missing_http_exporter_raises_import_error_naming_the_extra(tmp_path: Path) -> None:
+    """protocol="http/protobuf" without the exporter package says which extra to install."""
+    result = run_script(
+        """
+        sys.modules["opentelemetry.exporter.otlp.proto.http"] = None
+        try:
+            configure(protocol="http/protobuf", timeout=2)
+        except ImportError as exc:
+            report(error=str(exc), provider=type(trace.get_tracer_provider()).__name__)
+        """,
+        tmp_path,
     )
 
+    assert {"error": "protocol 'http/protobuf' needs: pip install 'otel-progress[http]'",
+            "provider": "ProxyTracerProvider"} == result.result
 
-def test_missing_http_exporter_raises_import_error_naming_the_extra(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """protocol="http/protobuf" without the exporter package says which extra to install."""
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)
-    with pytest.raises(ImportError, match=r"otel-progress\[http\]"):
-        _config._require_exporter("http/protobuf")
+
+# --- the lifecycle and the walls ----------------------------------------------------------------
+def test_import_connects_no_celery_signal_and_reset_undoes_configure(tmp_path: Path) -> None:
+    """``import otel_progress`` connects no worker_* receiver; configure() connects one each,
+    once, and reset() disconnects them."""
+    result = run_script(
+        """
+        from celery import signals
+        names = ("worker_process_init", "worker_process_shutdown", "worker_shutdown")
+        def counts():
+            return [len(getattr(signals, name).receivers) for name in names]
+        before = counts()
+        import otel_progress
+        imported = counts()
+        otel_progress.configure(traces_exporter="none", metrics=False)
+        otel_progress.configure(traces_exporter="none", metrics=False)
+        configured = counts()
+        otel_progress.reset()
+        report(before=before, imported=imported, configured=configured, reset=counts())
+        """,
+        tmp_path,
+    )
+
+    assert {"before": [0, 0, 0], "imported": [0, 0, 0], "configured": [1, 1, 1],
+            "reset": [0, 0, 0]} == result.result
+
+
+PACKAGE = Path(otel_progress.__file__).parent
+SDK_ROOMS = {"_config", "_pipeline", "_lifecycle", "testing"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at any depth (lazy imports too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_export_rooms_import_the_sdk() -> None:
+    """opentelemetry.sdk is imported by _config, _pipeline, _lifecycle and testing only."""
+    importers = {
+        path.stem for path in PACKAGE.rglob("*.py")
+        if any(name.startswith("opentelemetry.sdk") for name in imported_modules(path))
+    }
+    assert set() == importers - SDK_ROOMS
+
+
+def test_the_export_rooms_import_each_other_without_a_cycle() -> None:
+    """_lifecycle imports neither _config nor _pipeline; _pipeline does not import _config."""
+    def imports(stem: str) -> set[str]:
+        return {name.split(".")[1] for name in imported_modules(PACKAGE / f"{stem}.py")
+                if name.startswith("otel_progress.")}
+
+    assert (set(), set()) == (
+        imports("_lifecycle") & {"_config", "_pipeline"}, imports("_pipeline") & {"_config"}
+    )

@@ -288,6 +288,7 @@ def test_a_hung_result_backend_holds_the_task_end_at_most_final_timeout(
         assert body is not None
         held = float(ended.group(1)) - float(body.group(1))
         assert held <= FINAL_TIMEOUT + margin_s
+        assert float(body.group(1)) < body_s + 0.5, "the body itself was held by a write"
     finally:
         worker.kill()  # a held child would make the warm shutdown wait for it
 

@@ -1,33 +1,38 @@
 """A dead, refusing or hanging collector never breaks, blocks or bloats the traced program.
 
-Each scenario runs in a child interpreter against a loopback receiver (or a closed port), so the
-test can measure how long the process takes to exit and what it logged.
+Each scenario runs in a child interpreter (or a real Celery worker) against a loopback receiver
+(or a closed port), so the test can measure how long the process takes to exit and what it
+logged, and count the spans that arrived against the spans reported lost.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_progress import _config
 from otel_progress._attributes import METRIC_SPANS_DROPPED
+from otel_progress._pipeline import LOSSES, Exporters, Switch
 from tests.support import ScriptResult, run_python
 from tests.support import otlp_receiver as receivers
+from tests.support.celery_worker import CeleryWorker
 from tests.support.otlp_receiver import Mode, OtlpGrpcReceiver, closed_loopback_port
+from tests.support.redis_server import RedisServer
 
 # The receiver factory fixture, by the name the tests ask for.
 make_otlp_receiver = receivers.make_otlp_receiver
 
 TIMEOUT_S = 2.0
 """Exporter timeout in every child script (DECISIONS 23)."""
-EXIT_BOUND_S = TIMEOUT_S * 2 + 2
-"""Longest acceptable exit: one export timeout for the flush, plus aborting it and teardown.
+EXIT_BOUND_S = TIMEOUT_S + 2
+"""Longest acceptable exit: one export timeout for the whole shutdown, plus teardown.
 Unbounded, the SDK would wait one timeout per queued batch (4 x 2 s here)."""
 EXIT_MARGIN_S = TIMEOUT_S * 3 + 5
 """Longest acceptable run of a fault script: its work plus one bounded flush at exit."""
@@ -41,7 +46,7 @@ import json, logging, os, sys, time
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                     format="%(levelname)s %(name)s %(message)s")
 from opentelemetry import trace
-from otel_progress._config import configure, dropped_spans, force_flush
+from otel_progress._config import configure, dropped_spans, force_flush, shutdown
 ENDPOINT = os.environ["TEST_ENDPOINT"]
 def report(**values):
     print("RESULT " + json.dumps(values), flush=True)
@@ -159,19 +164,19 @@ report(dropped=dropped_spans())
 def test_full_queue_drops_are_counted_in_the_metric(
     make_otlp_receiver: Callable[..., OtlpGrpcReceiver], tmp_path: Path
 ) -> None:
-    """Spans dropped by a full queue are counted in otel_progress.spans.dropped, exported
-    even while the trace endpoint hangs."""
+    """Spans refused by a full queue are counted in otel_progress.spans.dropped
+    {error.type="queue_full"}, exported even while the trace endpoint hangs."""
     receiver = make_otlp_receiver("hang", metrics_mode="ok")
     result = run_fault_script(DROPS, tmp_path, receiver.endpoint)
 
     received = receiver.wait_for_metrics(
         lambda ms: any(m.name == METRIC_SPANS_DROPPED for m in ms), timeout=5
     )
-    exported = [
-        point.value for m in received if m.name == METRIC_SPANS_DROPPED for point in m.data_points
-    ]
+    (*_, last) = [m for m in received if m.name == METRIC_SPANS_DROPPED]
     dropped = result.result["dropped"]
-    assert (True, dropped) == (dropped > 0, exported[-1])
+    assert (True, {"queue_full": dropped}) == (
+        dropped > 0, {point.attributes["error.type"]: point.value for point in last.data_points}
+    )
 
 
 def test_full_queue_warning_is_logged_once(
@@ -187,48 +192,137 @@ def test_full_queue_warning_is_logged_once(
     assert (1, True) == (len(warnings), result.result["dropped"] > 100), result.describe()
 
 
-# --- the one private SDK detail drop counting relies on (no network, no globals) ----------------
+EXACT = """
+import threading
+configure(endpoint=ENDPOINT, timeout=2, max_queue_size=32)
+threads = [threading.Thread(target=burst, args=(5000,)) for _ in range(2)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+shutdown()
+report(dropped=dropped_spans())
+"""
+
+
+def test_dropped_spans_is_exactly_the_spans_that_never_arrived(
+    make_otlp_receiver: Callable[..., OtlpGrpcReceiver], tmp_path: Path
+) -> None:
+    """Two threads overrunning a 32-span queue to a healthy collector: dropped_spans() equals
+    the spans sent minus the spans received (it over-counted when it guessed from the queue)."""
+    receiver = make_otlp_receiver()
+    result = run_fault_script(EXACT, tmp_path, receiver.endpoint)
+
+    dropped = result.result["dropped"]
+    assert (True, 10_000 - len(receiver.spans())) == (dropped > 0, dropped)
+
+
+# --- the SDK behaviour the exact count relies on (no network, no globals) -----------------------
 class _BlockingExporter(SpanExporter):
-    """Holds every export until released, so the batch queue fills up."""
+    """Holds every export until released, so the batch queue fills up; counts what it got."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.exported = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.release.wait(10)
+        self.exported += len(spans)
         return SpanExportResult.SUCCESS
 
 
-@pytest.fixture
-def blocked_batch_processor() -> Iterator[BatchSpanProcessor]:
-    """A batch processor (queue of 2) whose exporter blocks, on a private provider."""
+def test_the_sdk_queue_keeps_every_span_the_pipeline_admits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the export blocked, the SDK's queue of 4 holds what the pipeline admits and the rest
+    is refused and counted: exported + counted == ended, and the SDK itself drops nothing."""
     exporter = _BlockingExporter()
-    processor = BatchSpanProcessor(exporter, max_queue_size=2, max_export_batch_size=1)
+    processor = Switch(lambda: 5.0)
+    processor.swap(Exporters(exporter, None, None, queue=4, batch=1))
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(processor)
-    tracer = provider.get_tracer("probe")
-    with tracer.start_as_current_span("in flight"):
-        pass
-    deadline = time.monotonic() + 5
-    while _config._batch_queue(processor) is not None and time.monotonic() < deadline:
-        queue = _config._batch_queue(processor)
-        if queue is not None and len(queue[0]) == 0:  # the worker took it: export blocks now
-            break
-        time.sleep(0.01)
-    for name in ("queued 1", "queued 2"):
-        with tracer.start_as_current_span(name):
-            pass
-    yield processor
-    exporter.release.set()
-    provider.shutdown()
+    before = LOSSES.count
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        for _ in range(20):
+            with provider.get_tracer("probe").start_as_current_span("span"):
+                pass
+        exporter.release.set()
+        provider.shutdown()
+
+    sdk_drops = [r for r in caplog.records if "Queue full" in r.getMessage()]
+    assert (20, []) == (exporter.exported + LOSSES.count - before, sdk_drops)
 
 
-def test_batch_queue_probe_sees_the_installed_sdks_full_queue(
-    blocked_batch_processor: BatchSpanProcessor,
+# --- defect 9: a hung collector and a Celery worker's shutdown ----------------------------------
+APP = "tests.apps.progress_app"
+WORKER_TIMEOUT_S = 2.0
+"""The export timeout the test app passes to configure()."""
+WORKER_MARGIN_S = 2.0
+"""Noise allowed on top of the healthy run and one export timeout."""
+RECYCLE_MARGIN_S = 4.0
+"""More for recycling: billiard replaces an exited child on a timer (up to ~1 s a round)."""
+
+
+@pytest.fixture
+def app(redis_server: RedisServer) -> Any:
+    """The test app as the producer (this process) sees it, on this session's Redis."""
+    from tests.apps import progress_app
+
+    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+    return progress_app
+
+
+def _worker_env(receiver: OtlpGrpcReceiver) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+def _stop(worker: CeleryWorker) -> None:
+    worker.stop(timeout=60)
+    assert False is worker.force_killed, worker.log_tail()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_idle_worker_exits_within_one_export_timeout_when_the_collector_hangs(
+    app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+    make_otlp_receiver: Callable[..., OtlpGrpcReceiver],
 ) -> None:
-    """_batch_queue() finds the SDK's private queue and its capacity (fails on an SDK change)."""
-    probe = _config._batch_queue(blocked_batch_processor)
+    """SIGTERM to an idle prefork worker with three batches of spans pending behind a hung
+    export: it exits within the healthy shutdown time plus one export timeout (the shutdown
+    flushes do not stack, nor wait one timeout per batch)."""
+    def stop_after_one_task(mode: Mode) -> float:
+        receiver = make_otlp_receiver(mode)
+        worker = celery_worker_factory(APP, concurrency=2, env=_worker_env(receiver))
+        assert 1500 == app.sections.delay(1500).get(timeout=30)
+        receiver.wait_for_spans(lambda _: receiver.attempts("traces") > 0, timeout=10)
+        started = time.monotonic()
+        _stop(worker)
+        return time.monotonic() - started
 
-    assert probe is not None, "the installed SDK moved BatchSpanProcessor's queue"
-    queue, capacity = probe
-    assert (2, 2) == (len(queue), capacity)
+    healthy_s, hung_s = stop_after_one_task("ok"), stop_after_one_task("hang")
+    bound_s = healthy_s + WORKER_TIMEOUT_S + WORKER_MARGIN_S
+    assert True is (hung_s <= bound_s), f"healthy {healthy_s:.1f} s, hung {hung_s:.1f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_recycled_children_give_up_at_once_after_an_export_failed(
+    app: Any, celery_worker_factory: Callable[..., CeleryWorker],
+    make_otlp_receiver: Callable[..., OtlpGrpcReceiver],
+) -> None:
+    """--max-tasks-per-child 1, six short tasks on -c 2, a hung collector: done and stopped
+    within the healthy time plus one export timeout (not one per recycled child)."""
+    def six_tasks_and_stop(mode: Mode) -> float:
+        receiver = make_otlp_receiver(mode)
+        worker = celery_worker_factory(APP, concurrency=2, max_tasks_per_child=1,
+                                       env=_worker_env(receiver))
+        started = time.monotonic()
+        results = [app.sleepy.delay(0.5) for _ in range(6)]
+        assert ["slept"] * 6 == [result.get(timeout=90) for result in results]
+        _stop(worker)
+        return time.monotonic() - started
+
+    healthy_s, hung_s = six_tasks_and_stop("ok"), six_tasks_and_stop("hang")
+    bound_s = healthy_s + WORKER_TIMEOUT_S + RECYCLE_MARGIN_S
+    assert True is (hung_s <= bound_s), f"healthy {healthy_s:.1f} s, hung {hung_s:.1f} s"

@@ -160,6 +160,16 @@ def sleepy(self: Any, seconds: float) -> str:
     return "slept"
 
 
+@shared_task(bind=True, name="progress_app.sections")
+def sections(self: Any, count: int) -> int:
+    """``count`` empty sections in a row: more spans than one export batch holds."""
+    updater = TaskUpdater()
+    for i in range(count):
+        with updater(task_name=f"part {i}"):
+            pass
+    return count
+
+
 @shared_task(bind=True, name="progress_app.retrying", max_retries=1, default_retry_delay=0)
 def retrying(self: Any) -> str:
     """Retries once from inside a section (Retry is control flow, not an error)."""
