@@ -87,6 +87,12 @@ def own_key(task_id: str) -> str:
     return KEY_PREFIX + task_id
 
 
+def _kv(backend: Any, key: str) -> Any:
+    """``key`` as the key-value backend wants it (bytes for the filesystem backend, ...)."""
+    key_t = getattr(backend, "key_t", None)
+    return key_t(key) if callable(key_t) else key
+
+
 def has_result_backend(backend: Any) -> bool:
     """False for Celery's DisabledBackend (no ``result_backend`` configured): nowhere to write."""
     return not isinstance(backend, DisabledBackend)
@@ -255,7 +261,7 @@ class TaskTarget:
             expires = _expires(backend)
             client.client.set(own_key(self.task_id), dumps(payload), ex=expires or None)
         elif isinstance(backend, BaseKeyValueStoreBackend):
-            backend.set(own_key(self.task_id), dumps(payload))
+            backend.set(_kv(backend, own_key(self.task_id)), dumps(payload))
         else:
             # rpc://, database: the PROGRESS meta is the best place left; Celery's final state
             # replaces it, and the reader then closes the payload from Celery's state.
@@ -279,10 +285,10 @@ def _write_checked(backend: Any, task_id: str, state: str, payload: ProgressPayl
         raw = backend.get(backend.get_key_for_task(task_id))
         if raw and _status(backend, raw) in CELERY_FINAL:
             return False
-        own = _decode(backend, backend.get(own_key(task_id)))
+        own = _decode(backend, backend.get(_kv(backend, own_key(task_id))))
         if own is not None and own.get("state") in FINAL_STATES:
             return False
-        backend.set(own_key(task_id), dumps(payload))
+        backend.set(_kv(backend, own_key(task_id)), dumps(payload))
     backend.store_result(task_id, payload, state, request=request)
     return True
 
@@ -293,7 +299,7 @@ def _write_children(backend: Any, task_id: str, children: Sequence[str]) -> None
     if client is not None:
         client.client.set(CHILDREN_PREFIX + task_id, value, ex=_expires(backend) or None)
     elif isinstance(backend, BaseKeyValueStoreBackend):
-        backend.set(CHILDREN_PREFIX + task_id, value)
+        backend.set(_kv(backend, CHILDREN_PREFIX + task_id), value)
 
 
 _queued_paused_until = 0.0
@@ -310,9 +316,9 @@ def write_queued(backend: Any, task_id: str, task_name: str) -> None:
         if client is not None:
             client.client.set(own_key(task_id), payload, ex=_expires(backend) or None, nx=True)
         elif isinstance(backend, BaseKeyValueStoreBackend) and (
-            backend.get(own_key(task_id)) is None
+            backend.get(_kv(backend, own_key(task_id))) is None
         ):
-            backend.set(own_key(task_id), payload)
+            backend.set(_kv(backend, own_key(task_id)), payload)
     except Exception as exc:
         _queued_paused_until = time.monotonic() + QUEUED_PAUSE
         log_once("queued-write", "otel_progress: cannot record queued task %s (%s); queued "
@@ -457,7 +463,7 @@ def _read_many(app: Any, task_ids: Sequence[str], timeout: float) -> list[Readin
             ours = None
             meta = backend.get_task_meta(task_id)
             if isinstance(backend, BaseKeyValueStoreBackend):
-                ours = _decode(backend, backend.get(own_key(task_id)))
+                ours = _decode(backend, backend.get(_kv(backend, own_key(task_id))))
             else:
                 if meta.get("status") not in CELERY_FINAL and task_id in _final_seen:
                     meta = _final_seen[task_id]
@@ -499,7 +505,7 @@ def _children_ids(app: Any, task_id: str, listed: Sequence[str]) -> list[str]:
         if client is not None:
             raw = client.client.get(CHILDREN_PREFIX + task_id)
         elif isinstance(backend, BaseKeyValueStoreBackend):
-            raw = backend.get(CHILDREN_PREFIX + task_id)
+            raw = backend.get(_kv(backend, CHILDREN_PREFIX + task_id))
     except Exception as exc:
         raise BackendUnavailable(safe_str(exc, 200)) from exc
     if raw:

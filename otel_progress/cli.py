@@ -1,29 +1,206 @@
-"""The ``otel-progress`` command: ``otel-progress demo`` for now (``watch``, ``serve`` and
-``history`` come with the status app)."""
+"""The ``otel-progress`` command: ``demo``, ``watch`` and ``serve``.
+
+Built on argparse: the standard library, so the command needs no dependency beyond the
+package's own, and ``--help`` lists every option of every subcommand. Errors (an app module that
+does not import, a broker that is unreachable) are one line on stderr and a non-zero exit,
+never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
+import ipaddress
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from otel_progress._version import __version__
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_REVOKED = 2
+EXIT_UNTRACKED = 3
+EXIT_USAGE = 64
+"""``watch`` exit statuses: the task's outcome, or an id that is not tracked."""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-progress",
+        description="Celery task progress as OpenTelemetry traces and as live progress.")
+    parser.add_argument("--version", action="version", version=f"otel-progress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the seed tasks on a real worker: live progress in "
+                          "the terminal and the browser, the trace tree at the end")
+    demo.add_argument("--scale", type=float, default=0.1,
+                      help="multiply the seeds' sleeps by this factor (default 0.1)")
+    demo.add_argument("--broker", help="broker URL (default: REDIS_URL, else an embedded "
+                      "filesystem broker in a temporary directory)")
+    demo.add_argument("--backend", help="result backend URL (default: REDIS_URL, else an "
+                      "embedded filesystem backend)")
+    demo.add_argument("--keep-open", action="store_true",
+                      help="keep serving the status pages until Ctrl-C")
+
+    watch = sub.add_parser("watch", help="show a task's progress live until it ends; exit 0 "
+                           "succeeded, 1 failed, 2 revoked, 3 not tracked")
+    watch.add_argument("task_id", help="the Celery task id")
+    _app_options(watch)
+    watch.add_argument("--wait", type=float, default=10.0,
+                       help="seconds to wait for an id that is not tracked yet (default 10)")
+    watch.add_argument("--timeout", type=float, default=24 * 3600.0,
+                       help="seconds to watch at most (default one day)")
+    watch.add_argument("--interval", type=float, default=0.5,
+                       help="seconds between two reads (default 0.5)")
+
+    serve = sub.add_parser("serve", help="serve the status app (GET /tasks/<id>, the widget)")
+    _app_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--trace-url", default=os.environ.get("OTEL_PROGRESS_TRACE_URL"),
+                       help="the widget's 'View trace' link, with {trace_id} (also "
+                       "OTEL_PROGRESS_TRACE_URL), e.g. http://localhost:16686/trace/{trace_id}")
+    serve.add_argument("--authorize", metavar="MODULE:FUNCTION",
+                       help="authorize(request, task_id) -> bool, run before every lookup")
+    serve.add_argument("--allow-anonymous", action="store_true",
+                       help="serve any client without authorize (needed for a public bind)")
+    return parser
+
+
+def _app_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-A", "--app", metavar="MODULE[:APP]",
+                        help="the Celery app, as for `celery -A` (e.g. proj.celery:app)")
+    parser.add_argument("--broker", help="broker URL, without an app module")
+    parser.add_argument("--backend", help="result backend URL, without an app module")
+
+
+def _load(spec: str) -> Any:
+    """``module:attribute`` (or ``module``, then its ``app``/``celery`` attribute)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CliError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    if attribute:
+        try:
+            return getattr(module, attribute)
+        except AttributeError:
+            raise CliError(f"{module_name!r} has no attribute {attribute!r}") from None
+    for name in ("app", "celery"):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise CliError(f"{module_name!r} has no Celery app: name it as {module_name}:<app>")
+
+
+def _celery_app(args: argparse.Namespace) -> Any:
+    from celery import Celery
+
+    if args.app:
+        app = _load(args.app)
+        if not isinstance(app, Celery):
+            raise CliError(f"{args.app!r} is not a Celery app")
+        return app
+    if not args.backend:
+        raise CliError("give -A module:app, or --backend URL (and --broker URL)")
+    app = Celery("otel_progress_cli", broker=args.broker, backend=args.backend,
+                 set_as_current=False)
+    return app
+
+
+def _check_backend(app: Any) -> None:
+    """One quick read, so an unreachable backend is one clear line, not a hang."""
+    from otel_progress.celery import BackendUnavailable, get_progress
+
+    try:
+        get_progress("otel-progress-cli-probe", app=app, children=False)
+    except BackendUnavailable as exc:
+        raise CliError(f"the result backend is unreachable: {exc}") from None
+    except Exception as exc:
+        raise CliError(f"the result backend is unreachable: {type(exc).__name__}: {exc}") \
+            from None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from otel_progress._terminal import TaskView
+    from otel_progress.celery import get_progress
+
+    app = _celery_app(args)
+    _check_backend(app)
+    console = Console()
+    task_id = str(args.task_id)
+    deadline = time.monotonic() + max(args.wait, 0.0)
+    payload = get_progress(task_id, app=app)
+    while payload is None and time.monotonic() < deadline:
+        time.sleep(min(args.interval, 0.5))
+        payload = get_progress(task_id, app=app)
+    if payload is None:
+        print(f"otel-progress: task {task_id} is not tracked", file=sys.stderr)
+        return EXIT_UNTRACKED
+    view = TaskView(lambda tid: get_progress(tid, app=app),
+                    {task_id: str(payload.get("task_name") or task_id)}, console=console,
+                    interval=max(args.interval, 0.05))
+    view.run(max(args.timeout, 0.0))
+    final = view.payloads.get(task_id) or payload
+    state = final.get("state")
+    return {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED,
+            "revoked": EXIT_REVOKED}.get(str(state), EXIT_FAILED)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    authorize: Callable[..., bool] | None = _load(args.authorize) if args.authorize else None
+    if not _is_loopback(args.host) and authorize is None and not args.allow_anonymous:
+        raise CliError(f"refusing to serve {args.host} without --authorize or "
+                       "--allow-anonymous (the status app shows task progress to any client)")
+    try:
+        import uvicorn  # type: ignore[import-not-found,unused-ignore]
+
+        from otel_progress.web import create_app  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise CliError("serve needs the web extra: pip install 'otel-progress[web]'") from None
+    app = _celery_app(args)
+    web = create_app(app, authorize=authorize, allow_anonymous=args.allow_anonymous,
+                     trace_url=args.trace_url)
+    print(f"otel-progress: serving http://{args.host}:{args.port}/tasks/<id>", file=sys.stderr)
+    uvicorn.run(web, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from otel_progress._demo import run_demo
+
+    return run_demo(scale=max(args.scale, 0.0), keep_open=args.keep_open, broker=args.broker,
+                    backend=args.backend)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otel-progress`` console script."""
-    parser = argparse.ArgumentParser(prog="otel-progress", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the seed TaskUpdater example and print its span tree")
-    demo.add_argument("--scale", type=float, default=0.05,
-                      help="multiply the seed's sleeps by this factor (default 0.05)")
-    demo.add_argument("--json", action="store_true", help="print the whole status payload")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    if args.command == "demo":
-        from otel_progress._demo import run_demo
-
-        return run_demo(scale=max(args.scale, 0.0), as_json=args.json)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    args = _parser().parse_args(argv)
+    commands = {"demo": _demo, "watch": _watch, "serve": _serve}
+    try:
+        return commands[args.command](args)
+    except CliError as exc:
+        print(f"otel-progress: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,12 +65,12 @@ def test_readme_example_runs(tmp_path: Path) -> None:
 
 
 def test_demo_command_prints_log_payload_and_span_tree() -> None:
-    """`otel-progress demo` prints the seed log, the status API and the span tree."""
+    """`otel-progress demo` runs the seeds on a worker and prints the seed log and span tree."""
     out = subprocess.run([sys.executable, "-m", "otel_progress.cli", "demo", "--scale", "0"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert 0 == out.returncode, out.stderr
     assert "\tTask Finished - 3 out of 4 jobs finished" in out.stdout
-    assert '"status": 0' in out.stdout
+    assert "TaskUpdater seed: failed" in out.stdout
     assert re.search(r"└── My subtask 3 in my task 2  \[UNSET\]", out.stdout)
     assert "ZeroDivisionError: division by zero" in out.stdout
 
@@ -104,6 +104,8 @@ def test_demo_sends_its_spans_to_an_otlp_endpoint_when_set(otlp_receiver: Any) -
                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert 0 == out.returncode, out.stderr
     spans = otlp_receiver.wait_for_spans(6, timeout=10)  # the run, 2 parts, 3 subtasks
-    assert {"TEST", "TEST - First part", "TEST - Second part", "My subtask 1 in my task 2",
-            "My subtask 2 in my task 2", "My subtask 3 in my task 2"} <= {s.name for s in spans}
-    assert {"demo-test"} == {s.resource["service.name"] for s in spans}
+    assert {"run/demo.new_format_task_1", "TEST - First part", "TEST - Second part",
+            "My subtask 1 in my task 2", "My subtask 2 in my task 2",
+            "My subtask 3 in my task 2"} <= {s.name for s in spans}
+    assert {"demo-test"} == {s.resource["service.name"] for s in spans
+                             if s.name == "run/demo.new_format_task_1"}
