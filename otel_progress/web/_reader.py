@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from otel_progress._backend import READ_TIMEOUT, BackendUnavailable, bounded, read
 from otel_progress._payload import CELERY_FINAL, CELERY_STATES, FINAL_STATES, iso, parse_iso
@@ -32,7 +32,7 @@ from otel_progress.web import _page
 
 __all__ = [
     "FORMATS", "MAX_TASK_ID", "RETRY_AFTER", "STALE_AFTER", "STATIC_DIR", "WRITE_INTERVAL",
-    "Answer", "Facts", "Policy", "Reader", "valid_task_id",
+    "Answer", "Facts", "Policy", "Reader", "policy_of", "valid_task_id",
 ]
 
 MAX_TASK_ID: Final = 255
@@ -97,6 +97,12 @@ class Answer:
         return dict(self.headers)
 
 
+class Headers(Protocol):
+    """Case-insensitive request headers (Starlette's, Werkzeug's, Django's ``request.headers``)."""
+
+    def get(self, key: str, /) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the reader needs to know of a request, whatever the framework."""
@@ -112,7 +118,7 @@ class Facts:
     """``Access-Control-Request-Headers`` of a preflight."""
 
     @classmethod
-    def from_headers(cls, client_host: str | None, headers: Mapping[str, str]) -> Facts:
+    def from_headers(cls, client_host: str | None, headers: Headers) -> Facts:
         """Facts from the peer address and a case-insensitive header mapping."""
         return cls(
             client_host=client_host,
@@ -120,6 +126,15 @@ class Facts:
             forwarded=bool(headers.get("forwarded") or headers.get("x-forwarded-for")),
             request_headers=headers.get("access-control-request-headers"),
         )
+
+
+def policy_of(authorize: object, allow_anonymous: bool, *, default: Policy) -> Policy:
+    """The access policy from the options (the hook wins over ``allow_anonymous``)."""
+    if authorize is not None:
+        if not callable(authorize):
+            raise TypeError("authorize must be a callable (request, task_id) -> bool")
+        return "authorize"
+    return "anonymous" if allow_anonymous else default
 
 
 def valid_task_id(task_id: object) -> bool:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from otel_progress.web._reader import Answer, Facts, Policy, Reader
+from otel_progress.web._reader import Answer, Facts, Reader, policy_of
 
 Authorize = Callable[[Request, str], bool | Awaitable[bool]]
 """``authorize(request, task_id) -> bool`` (a coroutine function works too)."""
@@ -89,15 +89,6 @@ class Endpoints:
             Route(VIEW_PATH, self.view, methods=["GET"], name="otel_progress_view"),
             Route(WIDGET_PATH, self.widget, methods=["GET"], name="otel_progress_widget"),
         ]
-
-
-def policy_of(authorize: object, allow_anonymous: bool, *, default: Policy) -> Policy:
-    """The access policy from the options (the hook wins over ``allow_anonymous``)."""
-    if authorize is not None:
-        if not callable(authorize):
-            raise TypeError("authorize must be a callable (request, task_id) -> bool")
-        return "authorize"
-    return "anonymous" if allow_anonymous else default
 
 
 def create_app(

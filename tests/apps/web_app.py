@@ -1,10 +1,12 @@
 """Celery app for the status-app and widget tests: real workers start it with
 ``-A tests.apps.web_app``.
 
-Broker/backend from ``OTEL_PROGRESS_TEST_REDIS_URL``; an SDK tracer provider with no exporter
-(``traces_exporter="none"``), so payloads carry real trace ids without a collector; Celery's
-``STARTED`` state on (``task_track_started``). Tasks that wait do so on a Redis key the test sets
-(``release(name)``), never on a sleep the test has to outlast.
+Broker/backend from ``OTEL_PROGRESS_TEST_REDIS_URL``. In a worker
+(``OTEL_PROGRESS_TEST_WEB_WORKER=1``): an SDK tracer provider with no exporter, so payloads carry
+real trace ids without a collector. The test process imports it as the producer: instrumented
+(published tasks are tracked ``queued``), no SDK. Celery's ``STARTED`` state is on
+(``task_track_started``). Tasks that wait do so on a Redis key the test sets (``open_gate``),
+never on a sleep the test has to outlast.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ app.conf.update(
     task_track_started=True,
 )
 
-configure(service_name="web-app-test", traces_exporter="none", metrics=False)
+if os.environ.get("OTEL_PROGRESS_TEST_WEB_WORKER") == "1":
+    configure(service_name="web-app-test", traces_exporter="none", metrics=False)
 ProgressInstrumentor().instrument(
     min_interval=float(os.environ.get("OTEL_PROGRESS_TEST_MIN_INTERVAL", "0.1")),
 )
@@ -156,3 +159,11 @@ def hostile(self: Any, gate: str) -> str:
         raise RuntimeError(HOSTILE)
     updater.insert_final_update()
     return "done"
+
+
+@shared_task(bind=True, name="web_app.custom_state")
+def custom_state(self: Any, gate: str) -> str:
+    """Sets a state of its own (``CRUNCHING``) and waits: no updater, Celery's meta only."""
+    self.update_state(state="CRUNCHING", meta={"step": 1})
+    wait_gate(gate)
+    return "crunched"
