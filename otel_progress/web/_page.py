@@ -23,6 +23,7 @@ _TEMPLATE: Final = """<!doctype html>
 <style>
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 46rem; padding: 0 1rem; color: #1f2328; background: #fff; }}
+main {{ padding: 0.5rem 1rem 1rem; }}
 h1 {{ font-size: 1.15rem; font-weight: 600; }}
 h1 code {{ font-size: 0.95rem; background: #f6f8fa; padding: 0.1rem 0.3rem; border-radius: 4px; }}
 </style>

@@ -62,9 +62,11 @@
     ".otp-sections,.otp-sections ol{list-style:none;margin:0;padding-left:0}",
     ".otp-sections ol{padding-left:18px;border-left:1px dotted #d0d7de;margin-left:4px}",
     ".otp-section{margin:4px 0}",
-    ".otp-section-head{display:flex;gap:8px;align-items:center}",
-    ".otp-section-name{flex:0 1 auto;overflow-wrap:anywhere}",
-    ".otp-section .otp-bar{max-width:12em;height:6px}",
+    ".otp-section-head{display:grid;grid-template-columns:minmax(6em,14em) 10em auto;gap:10px;",
+    "align-items:center}",
+    ".otp-section-name{overflow-wrap:anywhere}",
+    ".otp-section .otp-bar{height:6px}",
+    ".otp-error-message{margin-left:2px}",
     ".otp-section[data-state=succeeded] > .otp-section-head .otp-fill{background:#1a7f37}",
     ".otp-section[data-state=failed] > .otp-section-head .otp-fill{background:#cf222e}",
     ".otp-section-state{font-size:12px;color:#57606a}",
@@ -237,10 +239,13 @@
         var bar = makeBar(label);
         bar.set(value);
         sectionHead.appendChild(bar.element);
-        sectionHead.appendChild(el("span", "otp-section-state", state));
+        var stateText = el("span", "otp-section-status");
+        stateText.appendChild(el("span", "otp-section-state", state));
         if (state === "failed" && section.error_type) {
-          sectionHead.appendChild(el("span", "otp-error", section.error_type));
+          stateText.appendChild(document.createTextNode(" "));
+          stateText.appendChild(el("span", "otp-error", section.error_type));
         }
+        sectionHead.appendChild(stateText);
         item.appendChild(sectionHead);
         if (state === "failed" && section.error) {
           var message = el("div", "otp-error otp-error-message", section.error);
@@ -380,8 +385,8 @@
       var retryAfter = response ? Number(response.headers.get("Retry-After")) : 0;
       var wait = backoff(retryAfter);
       showStatus(text + (stopped ? "" : "; trying again in " + Math.round(wait / 1000) + " s"));
-      call(options.onError, [overall.element, note, response ? "HTTP Code " + response.status
-        : "Network Error", response]);
+      call(options.onError, response ? [overall.element, note, "HTTP Code " + response.status,
+        response] : [overall.element, note, "Network Error"]);
       schedule(wait);
     }
 
