@@ -64,6 +64,7 @@ def server(producer: ModuleType, web_worker: CeleryWorker) -> Iterator[UvicornSe
         "/auth-raises": create_app(app, authorize=_raising_hook),
         "/cors": create_app(app, allow_anonymous=True, cors_origins=[ALLOWED_ORIGIN]),
         "/result": create_app(app, allow_anonymous=True, include_result=True),
+        "/tb": create_app(app, allow_anonymous=True, include_traceback=True),
         "/down": create_app(down, allow_anonymous=True),
     })
     with UvicornServer(root) as running:
@@ -292,6 +293,16 @@ def test_result_only_when_opted_in(http: httpx.Client, producer: ModuleType) -> 
     assert 4 == _payload(http, task_id, "/result")["result"]
     assert 4 == _payload(http, task_id, "/result", format="celery-progress")["result"]
     assert "result" not in _payload(http, task_id)
+
+
+def test_traceback_only_when_opted_in(http: httpx.Client, producer: ModuleType) -> None:
+    """``include_traceback=True``: a failed task's traceback (Celery's); never otherwise."""
+    task_id = producer.raises.delay().id
+    _until(http, task_id, "FAILURE", lambda b: b.get("celery_state") == "FAILURE")
+    traceback = _payload(http, task_id, "/tb")["traceback"]
+    assert ("Traceback (most recent call last):", "ValueError: task failed") == (
+        traceback.splitlines()[0], traceback.strip().splitlines()[-1])
+    assert "traceback" not in _payload(http, task_id)
 
 
 def test_unknown_format_is_400(http: httpx.Client) -> None:

@@ -357,18 +357,29 @@ class Reader:
     def shape(self, task_id: str, payload: dict[str, Any], fmt: str) -> dict[str, Any]:
         """The payload with ``stale``/``retry_at``, minus what was not opted in; or the
         celery-progress envelope."""
+        for key in ("args", "kwargs", "result"):  # a caller's meta may carry them: never shown
+            payload.pop(key, None)
         if not self.include_traceback:
-            for key in ("traceback", "args", "kwargs", "result"):
-                payload.pop(key, None)
+            payload.pop("traceback", None)
         state = payload.get("state")
         now = self.clock()
         if state == "retrying":
             payload["retry_at"] = self._retry_at(task_id, payload)
         payload["stale"] = self._stale(payload, now)
+        want_result = self.include_result and state in FINAL_STATES
+        want_traceback = (self.include_traceback and state in ("failed", "revoked")
+                          and not payload.get("traceback"))
         result_known, result = False, None
-        if self.include_result and state in FINAL_STATES:
-            result_known, result = True, self._result(task_id, payload)
-            payload["result"] = result
+        if want_result or want_traceback:
+            meta = self._celery_meta(task_id)
+            if want_traceback:
+                payload["traceback"] = _text_or_none(meta.get("traceback"))
+            if want_result:
+                result_known = True
+                result = _json_safe(meta.get("result")) if state == "succeeded" and meta.get(
+                    "status") in CELERY_FINAL else payload.get("exc_message") or payload.get(
+                    "exception")
+                payload["result"] = result
         if fmt == "celery-progress":
             return self._celery_progress(payload, now, result_known, result)
         return payload
@@ -425,19 +436,15 @@ class Reader:
                     return _utc(entry.get("eta"))
         return None
 
-    def _result(self, task_id: str, payload: Mapping[str, Any]) -> Any:
-        """The task's result (opted in): Celery's return value, or the error message."""
-        if payload.get("state") != "succeeded":
-            return payload.get("exc_message") or payload.get("exception")
+    def _celery_meta(self, task_id: str) -> dict[str, Any]:
+        """Celery's own meta of the task (opted-in result and traceback only), or ``{}``."""
         try:
             meta = bounded(lambda: self.app.backend.get_task_meta(task_id), self.timeout)
         except Exception as exc:
             log_once("web.result", "otel_progress: cannot read a task's result (%s: %s)",
                      type(exc).__name__, safe_str(exc, 200))
-            return None
-        if not isinstance(meta, dict) or meta.get("status") not in CELERY_FINAL:
-            return None
-        return _json_safe(meta.get("result"))
+            return {}
+        return meta if isinstance(meta, dict) else {}
 
     def _celery_progress(self, payload: Mapping[str, Any], now: float, result_known: bool,
                          result: Any) -> dict[str, Any]:
@@ -502,6 +509,10 @@ class Reader:
                  cors: bool = True) -> tuple[tuple[str, str], ...]:
         headers = (("Content-Type", content_type), *_BASE_HEADERS)
         return headers + self._cors(facts) if cors else headers
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else safe_str(value, 64 * 1024)
 
 
 def _utc(value: object) -> str | None:
