@@ -15,14 +15,23 @@ package imports no web framework: ``create_app`` loads Starlette when it is firs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
-from otel_progress.web._reader import STALE_AFTER, STATIC_DIR
+WRITE_INTERVAL: Final = 0.5
+"""The flusher's default ``min_interval``: a running task's payload is rewritten at most this
+often, and only when it changed."""
+STALE_AFTER: Final = max(10 * WRITE_INTERVAL, 30.0)
+"""Seconds after which a payload of a task that is not final and stopped changing reads
+``stale: true``: ten write intervals, but at least 30 s (a section doing slow work without
+reporting is not yet dead)."""
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+"""The widget's directory (``otel-progress.js``), for Django's ``STATICFILES_DIRS`` and friends."""
 
 if TYPE_CHECKING:
     from otel_progress.web._starlette import create_app
 
-__all__ = ["STALE_AFTER", "STATIC_DIR", "create_app"]
+__all__ = ["STALE_AFTER", "STATIC_DIR", "WRITE_INTERVAL", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,13 +22,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 from otel_progress._backend import READ_TIMEOUT, BackendUnavailable, bounded, read
 from otel_progress._payload import CELERY_FINAL, CELERY_STATES, FINAL_STATES, iso, parse_iso
 from otel_progress._safety import log_once, logger, safe_str
-from otel_progress.web import _page
+from otel_progress.web import STALE_AFTER, STATIC_DIR, WRITE_INTERVAL, _page
 
 __all__ = [
     "FORMATS", "MAX_TASK_ID", "RETRY_AFTER", "STALE_AFTER", "STATIC_DIR", "WRITE_INTERVAL",
@@ -37,19 +36,10 @@ __all__ = [
 
 MAX_TASK_ID: Final = 255
 """Longest task id accepted (printable ASCII only); anything else is a 400."""
-WRITE_INTERVAL: Final = 0.5
-"""The flusher's default ``min_interval``: a running task's payload is rewritten at most this
-often, and only when it changed."""
-STALE_AFTER: Final = max(10 * WRITE_INTERVAL, 30.0)
-"""Seconds after which a payload of a task that is not final and stopped changing reads
-``stale: true``: ten write intervals, but at least 30 s (a section doing slow work without
-reporting is not yet dead)."""
 RETRY_AFTER: Final = 2
 """``Retry-After`` seconds of a 503 (the result backend did not answer)."""
 FORMATS: Final = ("otel-progress", "celery-progress")
 """Values of the ``format`` query parameter (the first is the default)."""
-STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
-"""The widget's directory (``otel-progress.js``), for Django's ``STATICFILES_DIRS`` and friends."""
 WIDGET_FILE: Final = "otel-progress.js"
 SCHEDULED_TIMEOUT: Final = 1.0
 """Seconds a ``control.inspect().scheduled()`` broadcast waits for workers (a RETRY's ETA)."""
