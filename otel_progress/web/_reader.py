@@ -26,7 +26,7 @@ from typing import Any, Final, Literal, Protocol
 
 from otel_progress._backend import READ_TIMEOUT, BackendUnavailable, bounded, read
 from otel_progress._payload import CELERY_FINAL, CELERY_STATES, FINAL_STATES, iso, parse_iso
-from otel_progress._safety import log_once, logger, safe_str
+from otel_progress._safety import log_once, safe_str
 from otel_progress.web import STALE_AFTER, STATIC_DIR, WRITE_INTERVAL, _page
 
 __all__ = [
@@ -277,8 +277,8 @@ class Reader:
                      " the status app answers 503 until it does", safe_str(exc, 200))
             return self.unavailable(facts)
         except Exception as exc:
-            logger.warning("otel_progress: reading task %s failed (%s: %s); answering 503",
-                           task_id, type(exc).__name__, safe_str(exc, 200))
+            log_once("web.read", "otel_progress: reading a task failed (%s: %s); answering 503",
+                     type(exc).__name__, safe_str(exc, 200))
             return self.unavailable(facts)
         if payload is None:
             return self.error(404, "not found", facts)
