@@ -25,7 +25,7 @@ from otel_progress.web._reader import Facts, Reader
 from tests.support.celery_worker import CeleryWorker
 from tests.support.web import Gates, Prefixes, UvicornServer, free_port, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("tracking")]
 
 JAEGER = "http://localhost:16686/trace/{trace_id}"
 TOKEN = "let-me-in"

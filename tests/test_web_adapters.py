@@ -22,7 +22,7 @@ from tests.support.celery_worker import CeleryWorker
 from tests.support.redis_server import RedisServer
 from tests.support.web import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("tracking")]
 
 TOKEN = "let-me-in"
 BASE = {"cache-control": "no-store", "x-content-type-options": "nosniff"}

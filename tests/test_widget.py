@@ -26,7 +26,7 @@ from tests.apps.web_app import HOSTILE
 from tests.support.celery_worker import CeleryWorker
 from tests.support.web import Gates, Prefixes, UvicornServer, free_port, repo_file
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("tracking")]
 
 JAEGER = "http://localhost:16686/trace/{trace_id}"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

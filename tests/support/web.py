@@ -128,6 +128,22 @@ def producer(redis_server: RedisServer) -> ModuleType:
     return web_app
 
 
+@pytest.fixture
+def tracking(producer: ModuleType) -> Iterator[None]:
+    """This process tracks what it publishes (``queued`` from publish), as an instrumented
+    producer does; afterwards as it was (other modules' tests turn the instrumentor off)."""
+    from otel_progress.celery import ProgressInstrumentor
+
+    instrumentor = ProgressInstrumentor()
+    was_on = instrumentor.is_instrumented_by_opentelemetry
+    if not was_on:
+        instrumentor.instrument()
+    producer.app.set_current()  # the publish hook writes to the current app's backend
+    yield
+    if not was_on:
+        instrumentor.uninstrument()
+
+
 @pytest.fixture(scope="module")
 def web_worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
                producer: ModuleType) -> Iterator[CeleryWorker]:

@@ -284,7 +284,8 @@
       badge.textContent = label;
       name.textContent = data.task_name ? String(data.task_name) : "";
       overall.set(value);
-      percent.textContent = percentText(value) + (data.indeterminate && !FINAL[state] ? "?" : "");
+      // an estimate while the number of sections is unknown (the payload says indeterminate)
+      percent.textContent = (data.indeterminate && !FINAL[state] ? "~" : "") + percentText(value);
       var message = data.description ? String(data.description) : "";
       if (!message && FINAL[state] && data.exc_type) {
         message = String(data.exc_type) + (data.exc_message ? ": " + data.exc_message : "");
@@ -312,7 +313,10 @@
         trace.removeAttribute("href");
         trace.hidden = true;
       }
-      updated.textContent = data.updated ? "updated " + String(data.updated) : "";
+      var when = data.updated ? new Date(String(data.updated)) : null;
+      updated.textContent = when && !isNaN(when.getTime()) ? "updated " + when.toLocaleString()
+        : "";
+      updated.title = data.updated ? String(data.updated) : "";
       if (Object.prototype.hasOwnProperty.call(data, "result") && FINAL[state]) {
         result.textContent = typeof data.result === "string" ? data.result
           : JSON.stringify(data.result);
