@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ from otel_progress._payload import parse_iso
 from otel_progress.web import STALE_AFTER, create_app
 from otel_progress.web._reader import Facts, Reader
 from tests.support.celery_worker import CeleryWorker
-from tests.support.web import Gates, Prefixes, UvicornServer, free_port, wait_for
+from tests.support.web import Gates, Prefixes, Producer, UvicornServer, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("tracking")]
 
@@ -51,7 +50,7 @@ def _raising_hook(request: Request, task_id: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(producer: ModuleType, web_worker: CeleryWorker) -> Iterator[UvicornServer]:
+def server(producer: Producer, web_worker: CeleryWorker) -> Iterator[UvicornServer]:
     """The status app in its configurations, one uvicorn server on a free loopback port."""
     app = producer.app
     down = Celery("down", broker="memory://", backend=f"redis://127.0.0.1:{free_port()}/0",
@@ -94,13 +93,13 @@ def _until(http: httpx.Client, task_id: str, what: str, check: Any, **params: st
     return wait_for(probe, what=what)
 
 
-def _tracked_pending(producer: ModuleType) -> str:
+def _tracked_pending(producer: Producer) -> str:
     """A task published (so tracked ``queued``) to a queue no worker consumes."""
     return str(producer.hold.apply_async(("never",), queue=f"nobody-{uuid.uuid4().hex}").id)
 
 
 # --- one test per Celery state ------------------------------------------------------------------
-def test_pending_task_reads_queued(http: httpx.Client, producer: ModuleType) -> None:
+def test_pending_task_reads_queued(http: httpx.Client, producer: Producer) -> None:
     """PENDING (published, not started): 200 ``queued``, pending, Celery's name kept."""
     task_id = _tracked_pending(producer)
     body = _payload(http, task_id)
@@ -108,7 +107,7 @@ def test_pending_task_reads_queued(http: httpx.Client, producer: ModuleType) -> 
                                                    body["celery_state"], body["stale"])
 
 
-def test_received_task_reads_queued(http: httpx.Client, producer: ModuleType) -> None:
+def test_received_task_reads_queued(http: httpx.Client, producer: Producer) -> None:
     """RECEIVED (Celery sends it only as an event; stored here by hand): ``queued``."""
     task_id = _tracked_pending(producer)
     producer.app.backend.store_result(task_id, None, "RECEIVED")
@@ -117,7 +116,7 @@ def test_received_task_reads_queued(http: httpx.Client, producer: ModuleType) ->
 
 
 def test_started_task_without_progress_reads_running(
-        http: httpx.Client, producer: ModuleType, gates: Gates) -> None:
+        http: httpx.Client, producer: Producer, gates: Gates) -> None:
     """STARTED (task_track_started, no updater yet): ``running``, Celery's name kept."""
     gate = gates.new()
     task_id = producer.hold.delay(gate, with_updater=False).id
@@ -126,7 +125,7 @@ def test_started_task_without_progress_reads_running(
 
 
 def test_progress_reads_running_with_its_sections(
-        http: httpx.Client, producer: ModuleType, gates: Gates) -> None:
+        http: httpx.Client, producer: Producer, gates: Gates) -> None:
     """PROGRESS: ``running``, the open section listed as running, no stale flag yet."""
     gate = gates.new()
     task_id = producer.hold.delay(gate).id
@@ -136,7 +135,7 @@ def test_progress_reads_running_with_its_sections(
         body["stale"], body["description"])
 
 
-def test_success_reads_succeeded_at_100(http: httpx.Client, producer: ModuleType) -> None:
+def test_success_reads_succeeded_at_100(http: httpx.Client, producer: Producer) -> None:
     """SUCCESS: ``succeeded`` at 100 %, finished, the section succeeded."""
     task_id = producer.quick.delay(3, 0.01).id
     body = _until(http, task_id, "SUCCESS", lambda b: b.get("celery_state") == "SUCCESS")
@@ -145,7 +144,7 @@ def test_success_reads_succeeded_at_100(http: httpx.Client, producer: ModuleType
 
 
 def test_failure_reads_failed_with_the_exception_and_no_traceback(
-        http: httpx.Client, producer: ModuleType) -> None:
+        http: httpx.Client, producer: Producer) -> None:
     """FAILURE: ``failed`` with Celery's exception type and message; no traceback key."""
     task_id = producer.raises.delay().id
     body = _until(http, task_id, "FAILURE", lambda b: b.get("celery_state") == "FAILURE")
@@ -154,7 +153,7 @@ def test_failure_reads_failed_with_the_exception_and_no_traceback(
 
 
 def test_retry_reads_retrying_with_retry_at_from_the_message_eta(
-        http: httpx.Client, producer: ModuleType) -> None:
+        http: httpx.Client, producer: Producer) -> None:
     """RETRY: ``retrying``, ``retry_at`` = the retry message's ETA (countdown 120 s), in UTC."""
     before = time.time()
     task_id = producer.retry_later.delay(120).id
@@ -168,7 +167,7 @@ def test_retry_reads_retrying_with_retry_at_from_the_message_eta(
 
 
 def test_revoked_task_reads_revoked(
-        http: httpx.Client, producer: ModuleType, gates: Gates) -> None:
+        http: httpx.Client, producer: Producer, gates: Gates) -> None:
     """REVOKED (revoke with terminate while it runs): ``revoked``, finished, section failed."""
     gate = gates.new()
     task_id = producer.hold.delay(gate).id
@@ -179,7 +178,7 @@ def test_revoked_task_reads_revoked(
                                            body["sections"][0]["state"])
 
 
-def test_ignored_task_reads_succeeded(http: httpx.Client, producer: ModuleType) -> None:
+def test_ignored_task_reads_succeeded(http: httpx.Client, producer: Producer) -> None:
     """IGNORED (stored by hand, as a task that raises Ignore does): ``succeeded``, final."""
     task_id = _tracked_pending(producer)
     producer.app.backend.store_result(task_id, None, "IGNORED")
@@ -191,7 +190,7 @@ def test_ignored_task_reads_succeeded(http: httpx.Client, producer: ModuleType) 
                                        envelope["state"])
 
 
-def test_rejected_task_reads_failed(http: httpx.Client, producer: ModuleType) -> None:
+def test_rejected_task_reads_failed(http: httpx.Client, producer: Producer) -> None:
     """REJECTED (stored by hand): ``failed``, final."""
     task_id = _tracked_pending(producer)
     producer.app.backend.store_result(task_id, None, "REJECTED")
@@ -200,7 +199,7 @@ def test_rejected_task_reads_failed(http: httpx.Client, producer: ModuleType) ->
 
 
 def test_custom_state_reads_running_with_the_raw_name(
-        http: httpx.Client, producer: ModuleType, gates: Gates) -> None:
+        http: httpx.Client, producer: Producer, gates: Gates) -> None:
     """A task's own state (``update_state("CRUNCHING")``): ``running``, the raw name kept."""
     gate = gates.new()
     task_id = producer.custom_state.delay(gate).id
@@ -220,7 +219,7 @@ def test_backend_down_answers_503_with_retry_after(http: httpx.Client) -> None:
 
 
 def test_a_task_that_stopped_changing_reads_stale(
-        producer: ModuleType, web_worker: CeleryWorker, gates: Gates) -> None:
+        producer: Producer, web_worker: CeleryWorker, gates: Gates) -> None:
     """A running payload older than ``stale_after`` reads ``stale: true`` (and its ``updated``)."""
     reader = Reader(producer.app, policy="anonymous", stale_after=0.5)
     gate = gates.new()
@@ -241,7 +240,7 @@ def test_a_task_that_stopped_changing_reads_stale(
 
 # --- the celery-progress envelope ---------------------------------------------------------------
 def test_celery_progress_envelope_while_running(
-        http: httpx.Client, producer: ModuleType, gates: Gates) -> None:
+        http: httpx.Client, producer: Producer, gates: Gates) -> None:
     """``?format=celery-progress`` while running: not complete, success null, its five keys."""
     gate = gates.new()
     task_id = producer.hold.delay(gate).id
@@ -253,7 +252,7 @@ def test_celery_progress_envelope_while_running(
     assert "holding" == envelope["progress"]["description"]
 
 
-def test_celery_progress_envelope_final_states(http: httpx.Client, producer: ModuleType) -> None:
+def test_celery_progress_envelope_final_states(http: httpx.Client, producer: Producer) -> None:
     """Succeeded: complete, success true, 100 %; failed: success false; no result unasked."""
     ok = producer.quick.delay(2, 0.01).id
     bad = producer.raises.delay().id
@@ -267,7 +266,7 @@ def test_celery_progress_envelope_final_states(http: httpx.Client, producer: Mod
                                                failed["state"], "result" in failed)
 
 
-def test_fail_then_return_reads_success_false(http: httpx.Client, producer: ModuleType) -> None:
+def test_fail_then_return_reads_success_false(http: httpx.Client, producer: Producer) -> None:
     """The seed (a job failed, Celery says SUCCESS): our ``failed`` verdict, success false."""
     task_id = producer.seed.delay(0.0).id
     _until(http, task_id, "SUCCESS", lambda b: b.get("celery_state") == "SUCCESS")
@@ -275,7 +274,7 @@ def test_fail_then_return_reads_success_false(http: httpx.Client, producer: Modu
     assert (True, False) == (envelope["complete"], envelope["success"])
 
 
-def test_celery_progress_envelope_of_a_retry(http: httpx.Client, producer: ModuleType) -> None:
+def test_celery_progress_envelope_of_a_retry(http: httpx.Client, producer: Producer) -> None:
     """A retry reads as celery-progress writes it: RETRY, next_retry_seconds, keep polling."""
     task_id = producer.retry_later.delay(120).id
     _until(http, task_id, "RETRY", lambda b: b.get("celery_state") == "RETRY")
@@ -286,7 +285,7 @@ def test_celery_progress_envelope_of_a_retry(http: httpx.Client, producer: Modul
     producer.app.control.revoke(task_id)
 
 
-def test_result_only_when_opted_in(http: httpx.Client, producer: ModuleType) -> None:
+def test_result_only_when_opted_in(http: httpx.Client, producer: Producer) -> None:
     """``include_result=True``: the task's return value in both formats; never otherwise."""
     task_id = producer.quick.delay(4, 0.01).id
     _until(http, task_id, "SUCCESS", lambda b: b.get("celery_state") == "SUCCESS")
@@ -295,7 +294,7 @@ def test_result_only_when_opted_in(http: httpx.Client, producer: ModuleType) -> 
     assert "result" not in _payload(http, task_id)
 
 
-def test_traceback_only_when_opted_in(http: httpx.Client, producer: ModuleType) -> None:
+def test_traceback_only_when_opted_in(http: httpx.Client, producer: Producer) -> None:
     """``include_traceback=True``: a failed task's traceback (Celery's); never otherwise."""
     task_id = producer.raises.delay().id
     _until(http, task_id, "FAILURE", lambda b: b.get("celery_state") == "FAILURE")
@@ -330,7 +329,7 @@ def test_an_id_of_255_printable_characters_is_looked_up(http: httpx.Client) -> N
 
 
 def test_untracked_and_unknown_ids_give_the_same_404(
-        http: httpx.Client, producer: ModuleType) -> None:
+        http: httpx.Client, producer: Producer) -> None:
     """An id Celery knows but otel_progress never tracked reads exactly like an unknown one."""
     untracked = str(uuid.uuid4())
     producer.app.backend.store_result(untracked, {"secret": 42}, "SUCCESS")
@@ -344,7 +343,7 @@ def test_untracked_and_unknown_ids_give_the_same_404(
 # --- access -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prefix", ["/auth", "/auth-async"])
 def test_authorize_allows_and_denies_every_task_route(
-        http: httpx.Client, producer: ModuleType, prefix: str) -> None:
+        http: httpx.Client, producer: Producer, prefix: str) -> None:
     """The hook's True opens /tasks/{id} and /view; False gives the same 403 for any id."""
     task_id = producer.quick.delay(1, 0.0).id
     _until(http, task_id, "SUCCESS", lambda b: b.get("celery_state") == "SUCCESS")
@@ -377,14 +376,14 @@ def test_the_widget_file_is_public_on_every_app(http: httpx.Client) -> None:
     assert {"/anon": 200, "/default": 200, "/auth": 200} == statuses
 
 
-def test_default_app_serves_loopback_clients(http: httpx.Client, producer: ModuleType) -> None:
+def test_default_app_serves_loopback_clients(http: httpx.Client, producer: Producer) -> None:
     """No authorize, no allow_anonymous: a client on 127.0.0.1 reads every route."""
     task_id = _tracked_pending(producer)
     assert [200, 200] == [http.get(f"/default/tasks/{task_id}{r}").status_code
                           for r in ("", "/view")]
 
 
-def test_default_app_refuses_proxied_requests(http: httpx.Client, producer: ModuleType) -> None:
+def test_default_app_refuses_proxied_requests(http: httpx.Client, producer: Producer) -> None:
     """A loopback peer relaying for someone (X-Forwarded-For, Forwarded) is refused."""
     task_id = _tracked_pending(producer)
     relayed = [http.get(f"/default/tasks/{task_id}{r}", headers={h: "203.0.113.9"}).status_code
@@ -392,7 +391,7 @@ def test_default_app_refuses_proxied_requests(http: httpx.Client, producer: Modu
     assert [403] * 4 == relayed
 
 
-def test_default_app_refuses_clients_off_loopback(producer: ModuleType) -> None:
+def test_default_app_refuses_clients_off_loopback(producer: Producer) -> None:
     """A client whose address is not loopback (the test client's ``testclient``): 403."""
     with TestClient(create_app(producer.app)) as client:
         statuses = [client.get(f"/tasks/{uuid.uuid4()}{r}").status_code for r in ("", "/view")]
@@ -409,7 +408,7 @@ def test_create_app_checks_its_options() -> None:
 
 
 # --- headers and CORS ---------------------------------------------------------------------------
-def test_every_answer_carries_the_headers(http: httpx.Client, producer: ModuleType) -> None:
+def test_every_answer_carries_the_headers(http: httpx.Client, producer: Producer) -> None:
     """200, 400, 403, 404, 503 and an unknown route: no-store, nosniff, JSON."""
     task_id = _tracked_pending(producer)
     answers = [
@@ -434,7 +433,7 @@ def test_view_page_headers_and_widget_mount(http: httpx.Client) -> None:
     assert '<script src="../../static/otel-progress.js" defer></script>' in response.text
 
 
-def test_cors_is_off_unless_origins_are_given(http: httpx.Client, producer: ModuleType) -> None:
+def test_cors_is_off_unless_origins_are_given(http: httpx.Client, producer: Producer) -> None:
     """No Access-Control-Allow-Origin without cors_origins, whatever the Origin header says."""
     task_id = _tracked_pending(producer)
     response = http.get(f"/anon/tasks/{task_id}", headers={"origin": ALLOWED_ORIGIN})
@@ -442,7 +441,7 @@ def test_cors_is_off_unless_origins_are_given(http: httpx.Client, producer: Modu
                            response.headers.get("access-control-allow-origin"))
 
 
-def test_cors_allows_only_the_listed_origins(http: httpx.Client, producer: ModuleType) -> None:
+def test_cors_allows_only_the_listed_origins(http: httpx.Client, producer: Producer) -> None:
     """A listed origin gets its own name back (with credentials); another gets nothing."""
     task_id = _tracked_pending(producer)
     listed = http.get(f"/cors/tasks/{task_id}", headers={"origin": ALLOWED_ORIGIN})

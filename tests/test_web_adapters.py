@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from tests.support import run_python
 from tests.support.celery_worker import CeleryWorker
 from tests.support.redis_server import RedisServer
-from tests.support.web import wait_for
+from tests.support.web import Producer, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("tracking")]
 
@@ -29,7 +28,7 @@ BASE = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 
 
 @pytest.fixture(scope="module")
-def finished(producer: ModuleType, web_worker: CeleryWorker) -> str:
+def finished(producer: Producer, web_worker: CeleryWorker) -> str:
     """The id of a task the worker finished (succeeded)."""
     from otel_progress.celery import get_progress
 
@@ -45,7 +44,7 @@ def _headers(headers: Any) -> dict[str, str]:
 
 # --- FastAPI ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fastapi_client(producer: ModuleType) -> Iterator[Any]:
+def fastapi_client(producer: Producer) -> Iterator[Any]:
     """A FastAPI app with three routers: hook, anonymous, and neither (deny)."""
     from fastapi import FastAPI, Request
     from fastapi.testclient import TestClient
@@ -107,7 +106,7 @@ def test_fastapi_router_malformed_and_unknown_ids(fastapi_client: Any) -> None:
 
 # --- Flask --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def flask_client(producer: ModuleType) -> Any:
+def flask_client(producer: Producer) -> Any:
     """A Flask app with three blueprints: hook, anonymous, and neither (deny)."""
     import flask
 

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -22,9 +21,8 @@ import pytest
 from celery import Celery
 
 from otel_progress.web import create_app
-from tests.apps.web_app import HOSTILE
 from tests.support.celery_worker import CeleryWorker
-from tests.support.web import Gates, Prefixes, UvicornServer, free_port, repo_file
+from tests.support.web import Gates, Prefixes, Producer, UvicornServer, free_port, repo_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), pytest.mark.usefixtures("tracking")]
 
@@ -55,7 +53,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def server(producer: ModuleType, web_worker: CeleryWorker) -> Iterator[UvicornServer]:
+def server(producer: Producer, web_worker: CeleryWorker) -> Iterator[UvicornServer]:
     """The status app (anonymous, Jaeger link) and one on a dead backend, on uvicorn."""
     down = Celery("down", broker="memory://", backend=f"redis://127.0.0.1:{free_port()}/0",
                   set_as_current=False)
@@ -144,7 +142,7 @@ def _wait_above(page: Any, selector: str, floor: float) -> float:
 
 
 def test_view_page_bar_moves_and_sections_appear_in_order(
-        page: Any, server: UvicornServer, producer: ModuleType, gates: Gates) -> None:
+        page: Any, server: UvicornServer, producer: Producer, gates: Gates) -> None:
     """/tasks/<id>/view: the overall bar rises step by step to 100 %, sections in order."""
     gate = gates.new()
     task_id = producer.steps.delay(3, gate).id
@@ -169,7 +167,7 @@ def test_view_page_bar_moves_and_sections_appear_in_order(
 
 
 def test_failed_section_and_trace_link(page: Any, server: UvicornServer,
-                                       producer: ModuleType) -> None:
+                                       producer: Producer) -> None:
     """The seed: subtask 2 shows failed with ZeroDivisionError; the link holds the trace id."""
     task_id = producer.seed.delay(0.0).id
     page.goto(f"{server.url}/w/tasks/{task_id}/view")
@@ -188,24 +186,25 @@ def test_failed_section_and_trace_link(page: Any, server: UvicornServer,
 
 
 def test_hostile_text_is_shown_as_text_and_never_runs(
-        page: Any, server: UvicornServer, producer: ModuleType, gates: Gates) -> None:
+        page: Any, server: UvicornServer, producer: Producer, gates: Gates) -> None:
     """<script> and <img onerror> in a notification, a section name and an error: text only."""
+    hostile = producer.module.HOSTILE
     gate = gates.new()
     task_id = producer.hostile.delay(gate).id
     widget_page(page, server, f"/w/tasks/{task_id}")
     page.wait_for_function("document.querySelector('.otp-note').textContent.length > 0")
-    assert HOSTILE == page.text_content(".otp-note")
-    assert HOSTILE == page.text_content(".otp-section-name")
+    assert hostile == page.text_content(".otp-note")
+    assert hostile == page.text_content(".otp-section-name")
     gates.open(gate)
     wait_final(page)
-    assert any(HOSTILE in t for t in _texts(page, ".otp-error-message"))
+    assert any(hostile in t for t in _texts(page, ".otp-error-message"))
     assert (True, 0, 0) == (
         page.evaluate("window.__pwned === undefined"),
         page.locator("#target img").count(), page.locator("#target script").count())
 
 
 def test_poll_stops_at_the_final_state(page: Any, server: UvicornServer,
-                                       producer: ModuleType) -> None:
+                                       producer: Producer) -> None:
     """After a final state no request follows, and the handle says it stopped."""
     task_id = producer.quick.delay(3, 0.05).id
     status_path = f"/w/tasks/{task_id}"
@@ -220,7 +219,7 @@ def test_poll_stops_at_the_final_state(page: Any, server: UvicornServer,
 
 
 def test_callbacks_get_celery_progress_arguments(page: Any, server: UvicornServer,
-                                                 producer: ModuleType) -> None:
+                                                 producer: Producer) -> None:
     """onProgress(bar, message, progress) each poll; onSuccess(bar, message, result) once."""
     task_id = producer.quick.delay(3, 0.05).id
     widget_page(page, server, f"/w/tasks/{task_id}")
@@ -236,7 +235,7 @@ def test_callbacks_get_celery_progress_arguments(page: Any, server: UvicornServe
 
 
 def test_recovers_after_network_errors_and_503(page: Any, server: UvicornServer,
-                                               producer: ModuleType) -> None:
+                                               producer: Producer) -> None:
     """Two refused connections and a 503 later, the widget still reaches the final state."""
     task_id = producer.quick.delay(2, 0.01).id
     status_url = f"{server.url}/w/tasks/{task_id}"
@@ -303,7 +302,7 @@ def test_stale_is_visible_and_bars_never_move_backwards(page: Any,
 
 
 def test_celery_progress_script_drives_the_envelope(page: Any, server: UvicornServer,
-                                                    producer: ModuleType) -> None:
+                                                    producer: Producer) -> None:
     """celery-progress's own JS on ?format=celery-progress: its bar hits 100 %, onSuccess runs."""
     script = resources.files("celery_progress").joinpath(
         "static/celery_progress/celery_progress.js").read_text("utf-8")
@@ -337,7 +336,7 @@ CeleryProgressBar.initProgressBar({json.dumps(status)}, {{
 
 
 def test_screenshot_of_a_finished_seed_run(page: Any, server: UvicornServer,
-                                           producer: ModuleType, tmp_path: Path) -> None:
+                                           producer: Producer, tmp_path: Path) -> None:
     """/tasks/<id>/view of a finished seed run renders to a PNG (docs/widget.png on request)."""
     import os
 

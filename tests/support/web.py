@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -118,35 +117,61 @@ def new_gate() -> str:
     return f"g-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="module")
-def producer(redis_server: RedisServer) -> ModuleType:
-    """``tests.apps.web_app`` as the producer (this process) sees it, on this session's Redis."""
-    from tests.apps import web_app
+class Producer:
+    """The test process as a producer of tests.apps.web_app's tasks, on its own fresh app.
 
-    web_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    web_app.app.set_current()  # the queued-tracking publish hook writes to the current app
-    return web_app
+    ``producer.hold`` is the task bound to ``producer.app``: a Celery app made for this module,
+    so no backend or broker pool cached by an earlier test (Celery caches both per app, with
+    the configuration of their first use) can send it elsewhere.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        from celery import Celery
+
+        from tests.apps import web_app  # registers the shared tasks with every app
+
+        self.module = web_app
+        self.app = Celery("web_client", broker=redis_url, backend=redis_url,
+                          set_as_current=False)
+        self.app.conf.update(task_serializer="json", result_serializer="json",
+                             accept_content=["json"], result_accept_content=["json"])
+
+    def __getattr__(self, name: str) -> Any:
+        return self.app.tasks[f"web_app.{name}"]
+
+
+@pytest.fixture(scope="module")
+def producer(redis_server: RedisServer) -> Iterator[Producer]:
+    """A producer of web_app's tasks on this session's Redis (closed after the module)."""
+    made = Producer(redis_server.url)
+    yield made
+    made.app.close()
 
 
 @pytest.fixture
-def tracking(producer: ModuleType) -> Iterator[None]:
+def tracking(producer: Producer) -> Iterator[None]:
     """This process tracks what it publishes (``queued`` from publish), as an instrumented
-    producer does; afterwards as it was (other modules' tests turn the instrumentor off)."""
+    producer does; afterwards as it was (other modules' tests turn the instrumentor off, and
+    their shared tasks publish through the current app)."""
+    from celery import current_app
+
     from otel_progress.celery import ProgressInstrumentor
 
     instrumentor = ProgressInstrumentor()
     was_on = instrumentor.is_instrumented_by_opentelemetry
     if not was_on:
         instrumentor.instrument()
+    previous = current_app._get_current_object()
     producer.app.set_current()  # the publish hook writes to the current app's backend
     yield
+    previous.set_current()
     if not was_on:
         instrumentor.uninstrument()
 
 
 @pytest.fixture(scope="module")
-def web_worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
-               producer: ModuleType) -> Iterator[CeleryWorker]:
+def web_worker(redis_server: RedisServer,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
     """One prefork worker (-c 3) of tests.apps.web_app for the module; stopped by PID after."""
     worker = CeleryWorker(WEB_APP, log_dir=tmp_path_factory.mktemp("web-worker"),
                           redis_url=redis_server.url, concurrency=3, queues=("celery",),
