@@ -17,6 +17,7 @@ demo: $(VENV)/.installed  ## the seed TaskUpdater example: its log, status API a
 check-system:  ## the real servers the tests start: fail with the install command, never skip
 	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get update && apt-get install -y redis-server"; exit 1; }
 	@command -v promtool >/dev/null || { echo "promtool missing: apt-get update && apt-get install -y prometheus"; exit 1; }
+	@command -v chromium >/dev/null || { echo "chromium missing: apt-get update && apt-get install -y chromium"; exit 1; }
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.celery_worker",
     "tests.support.otlp_receiver",
+    "tests.support.web",
 ]
 
 

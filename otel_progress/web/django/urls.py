@@ -1,0 +1,15 @@
+"""``path("progress/", include("otel_progress.web.django.urls"))``: the three routes."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from otel_progress.web.django import task, view, widget
+
+app_name = "otel_progress"
+
+urlpatterns = [
+    path("tasks/<str:task_id>", task, name="task"),
+    path("tasks/<str:task_id>/view", view, name="view"),
+    path("static/otel-progress.js", widget, name="widget"),
+]

@@ -1,0 +1,57 @@
+"""The status routes as a FastAPI router: ``app.include_router(router(celery_app, ...))``.
+
+::
+
+    from fastapi import FastAPI
+    from otel_progress.web.fastapi import router
+
+    app = FastAPI()
+    app.include_router(router(celery_app, authorize=can_see_task), prefix="/progress")
+
+The same routes, answers and options as :func:`otel_progress.web.create_app`, except that it
+denies every request unless ``authorize`` or ``allow_anonymous=True`` is given (the host app
+decides who its clients are). ``authorize(request, task_id)`` gets Starlette's ``Request``, which
+is FastAPI's; a coroutine function works too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from otel_progress.web._reader import Reader, policy_of
+from otel_progress.web._starlette import TASK_PATH, VIEW_PATH, WIDGET_PATH, Authorize, Endpoints
+
+__all__ = ["router"]
+
+
+def router(
+    celery_app: Any,
+    *,
+    authorize: Authorize | None = None,
+    allow_anonymous: bool = False,
+    trace_url: str | None = None,
+    include_traceback: bool = False,
+    cors_origins: Sequence[str] | None = None,
+    include_result: bool = False,
+) -> APIRouter:
+    """An ``APIRouter`` with ``GET /tasks/{task_id}``, ``/tasks/{task_id}/view`` and the widget."""
+    reader = Reader(
+        celery_app, policy=policy_of(authorize, allow_anonymous, default="deny"),
+        trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
+        cors_origins=cors_origins,
+    )
+    endpoints = Endpoints(reader, authorize)
+    api = APIRouter(tags=["otel_progress"])
+    api.add_api_route(TASK_PATH, endpoints.task, methods=["GET", "OPTIONS"],
+                      response_class=Response, name="otel_progress_task",
+                      summary="A task's progress payload (or ?format=celery-progress)")
+    api.add_api_route(VIEW_PATH, endpoints.view, methods=["GET"], response_class=Response,
+                      name="otel_progress_view", summary="The task shown with the widget")
+    api.add_api_route(WIDGET_PATH, endpoints.widget, methods=["GET"], response_class=Response,
+                      name="otel_progress_widget", summary="otel-progress.js",
+                      include_in_schema=False)
+    return api
