@@ -161,7 +161,10 @@ def _redis(backend: Any) -> _Redis | None:
     """Our client for ``backend`` when it is a plain Redis backend, else None."""
     if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
         return None
-    key = id(backend)
+    # Celery makes a backend object per thread: key by what the connection is made of, not by
+    # id() (a collected backend's id can be reused by one with other settings).
+    params: Any = getattr(backend, "connparams", {})
+    key = hash((repr(sorted(params.items(), key=str)), getattr(backend, "serializer", None)))
     client = _clients.get(key, False)
     if client is False:
         with _clients_lock:

@@ -12,7 +12,9 @@ disconnects exactly that.
 
 from __future__ import annotations
 
+import datetime
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable
@@ -274,11 +276,25 @@ def task_ended(task_id: str, exc: BaseException | None) -> None:
             if run.close_section(node, section_outcome,
                                  exc if section_outcome != "succeeded" else None):
                 _spans.end_section(run, node, exc if section_outcome != "succeeded" else None)
+        if isinstance(exc, Retry):
+            run.retry_at = _retry_at(exc)
         if exc is not None and outcome in (FAILED, REVOKED) and run.latest_exc is not exc:
             # Celery's instrumentation records it on run/<task>: remember it, don't record it.
             run.failed = True
             run.remember_exception(exc)
         finish(run, outcome=outcome, complete=exc is None or outcome == RETRYING)
+
+
+def _retry_at(exc: Retry) -> float | None:
+    """When the retry is due: ``Retry.when`` is an ETA datetime or a countdown in seconds."""
+    when = getattr(exc, "when", None)
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp()
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return time.time() + float(when)
+    return None
 
 
 def finish(run: Run, *, outcome: Any = None, complete: bool = True) -> None:

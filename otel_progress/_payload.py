@@ -218,6 +218,8 @@ def build(run: Run) -> ProgressPayload:
         }
         if run.include_traceback:
             data["traceback"] = run.latest_traceback
+        if run.state == RETRYING:
+            data["retry_at"] = iso(run.retry_at)
         for key, value in list(run.extra.items())[:MAX_EXTRA_KEYS]:
             data.setdefault(key, _json_safe(value))  # type: ignore[misc]
     return fit(data)

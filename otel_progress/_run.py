@@ -171,6 +171,7 @@ class Run:
         self.open_top: dict[int, Node] = {}
         self._open_all: dict[int, Node] = {}
         self.children: list[str] = []
+        self.retry_at: float | None = None  # when a retrying run's next attempt is due
         self.extra: dict[str, Any] = {}  # Observer's meta= keys, published as mastf did
         self.lock = threading.RLock()
         self.counted_exc: BaseException | None = None

@@ -257,8 +257,10 @@ def test_the_sdk_queue_keeps_every_span_the_pipeline_admits(
 APP = "tests.apps.progress_app"
 WORKER_TIMEOUT_S = 2.0
 """The export timeout the test app passes to configure()."""
-WORKER_MARGIN_S = 2.0
-"""Noise allowed on top of the healthy run and one export timeout."""
+WORKER_MARGIN_S = 3.0
+"""Noise allowed on top of the healthy run and one export timeout: 2 s failed once in ~10 full
+runs on a loaded 2-core machine; before the fix the hung exit took 8.7-9.5 s against a healthy
+2.3 s, above this bound (7.3 s) still."""
 RECYCLE_MARGIN_S = 4.0
 """More for recycling: billiard replaces an exited child on a timer (up to ~1 s a round)."""
 
