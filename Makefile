@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-demo: $(VENV)/.installed  ## the seed TaskUpdater example: its log, status API and span tree
+demo: $(VENV)/.installed  ## a real worker runs the seeds: live progress, status pages, span trees
 	$(VENV)/bin/otel-progress demo
 
 check-system:  ## the real servers the tests start: fail with the install command, never skip

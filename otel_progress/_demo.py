@@ -123,7 +123,7 @@ def _workspace() -> Iterator[Path]:
 def run_demo(*, scale: float = 0.1, keep_open: bool = False, broker: str | None = None,
              backend: str | None = None, console: Console | None = None) -> int:
     """Run the demo; 0 when every task reached its expected end, 130 when interrupted."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # a URL must stay on one line
     broker = broker or os.environ.get("REDIS_URL")
     backend = backend or os.environ.get("REDIS_URL")
     upstream = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")

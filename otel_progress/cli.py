@@ -135,7 +135,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     app = _celery_app(args)
     _check_backend(app)
-    console = Console()
+    console = Console(soft_wrap=True)
     task_id = str(args.task_id)
     deadline = time.monotonic() + max(args.wait, 0.0)
     payload = get_progress(task_id, app=app)

@@ -74,6 +74,35 @@ def test_demo_runs_the_seeds_on_a_real_worker_and_leaves_nothing_behind(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def test_demo_serves_each_tasks_page_while_it_runs(tmp_path: Path) -> None:
+    """The printed /tasks/<id>/view URLs answer 200 while the demo runs, and so does the JSON."""
+    import re
+    import urllib.request
+
+    proc, _ = _start_demo(tmp_path, "--scale", "1")
+    assert proc.stdout is not None
+    try:
+        deadline = time.monotonic() + 60
+        urls: list[str] = []
+        while len(urls) < 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            urls += re.findall(r"http://127\.0\.0\.1:\d+/tasks/[0-9a-f-]+/view", line)
+        assert 3 == len(urls), urls
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=10) as page:
+                assert 200 == page.status
+                assert "otel-progress.js" in page.read().decode()
+            with urllib.request.urlopen(url.removesuffix("/view"), timeout=10) as answer:
+                assert 200 == answer.status
+                assert answer.headers["Content-Type"].startswith("application/json")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert set() == _demo_processes(proc.pid)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_demo_interrupted_midway_stops_its_worker_and_removes_its_files(tmp_path: Path) -> None:
     """SIGINT while the tasks run: exit 130, the worker stopped, no file or directory left."""
     proc, root = _start_demo(tmp_path, "--scale", "1")
@@ -184,6 +213,37 @@ def test_serve_refuses_a_public_bind_without_authorize_or_anonymous() -> None:
     assert 0 != done.returncode
     assert 1 == len(done.stderr.strip().splitlines()), done.stderr
     assert "refusing" in done.stderr
+
+
+@pytest.mark.slow
+def test_serve_answers_on_loopback(redis_server: RedisServer) -> None:
+    """serve -A module:app: the status app answers on 127.0.0.1 (an untracked id is 404 JSON)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = child_environment({"OTEL_PROGRESS_TEST_REDIS_URL": redis_server.url})
+    proc = subprocess.Popen([*CLI, "serve", "-A", f"{APP}:app", "--port", str(port)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while status is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/tasks/never-seen", timeout=5)
+            except urllib.error.HTTPError as exc:
+                status, headers = exc.code, exc.headers
+            except OSError:
+                time.sleep(0.1)
+        assert 404 == status
+        assert "no-store" == headers["Cache-Control"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 @pytest.mark.parametrize("command", ["demo", "watch", "serve"])
