@@ -297,7 +297,7 @@ def test_idle_worker_exits_within_one_export_timeout_when_the_collector_hangs(
         receiver = make_otlp_receiver(mode)
         worker = celery_worker_factory(APP, concurrency=2, env=_worker_env(receiver))
         assert 1500 == app.sections.delay(1500).get(timeout=30)
-        receiver.wait_for_spans(lambda _: receiver.attempts("traces") > 0, timeout=10)
+        receiver.wait_for_spans(lambda _: receiver.attempts("traces") > 0, timeout=30)
         started = time.monotonic()
         _stop(worker)
         return time.monotonic() - started
