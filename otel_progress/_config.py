@@ -27,13 +27,11 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_progress import _lifecycle, _pipeline
 from otel_progress._attributes import METRIC_SECTION_DURATION, SECTION_DURATION_BUCKETS
-from otel_progress._pipeline import LOSSES, in_background
-from otel_progress._safety import logger
+from otel_progress._safety import in_background, logger
 
 OtlpProtocol = Literal["grpc", "http/protobuf"]
 DEFAULT_MAX_QUEUE_SIZE: Final = 8192
 """Spans the batch queue holds before it drops (the SDK's 2048 dropped spans in bursts)."""
-_OURS: Final = "otel_progress"
 _PROTOCOLS: Final = ("grpc", "http/protobuf")
 _EXPORTERS: Final = frozenset({"otlp", "console"})
 _TYPES: Final[dict[str, tuple[type, ...]]] = {
@@ -50,10 +48,8 @@ _RULES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "max_queue_size": (lambda v: v > 0, "must be positive"),
 }
 _LOCK = threading.RLock()
-_settings: dict[str, Any] | None = None
-"""What the last configure() applied (None after shutdown() or reset())."""
 # What configure() set globally: it outlives reset() as the globals do.
-_SWITCH: Final = _pipeline.Switch(_lifecycle.shutdown_bound)
+_SWITCH: Final = _pipeline.Switch()
 _provider: TracerProvider | None = None
 _meter_provider: MeterProvider | None = None
 
@@ -131,17 +127,15 @@ def _exporter(s: dict[str, Any], signal: Literal["traces", "metrics"]) -> Any:
         **kwargs)
 
 
-def _owner(current: object, ours: object) -> str | None:
-    """Who owns a global provider: otel_progress, the application, or nobody yet (the API's)."""
-    if ours is not None and current is ours:
-        return _OURS
-    api = type(current).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
-    return None if api else "application"
-
-
-def _owners() -> tuple[str | None, str | None]:
-    return (_owner(trace.get_tracer_provider(), _provider),
-            _owner(metrics.get_meter_provider(), _meter_provider))
+def _owners() -> list[str | None]:
+    """Who owns the global tracer and meter providers: otel_progress, the application, or nobody
+    yet (the API's proxies)."""
+    owners: list[str | None] = []
+    for current, ours in ((trace.get_tracer_provider(), _provider),
+                          (metrics.get_meter_provider(), _meter_provider)):
+        api = type(current).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
+        owners.append("otel_progress" if current is ours else None if api else "application")
+    return owners
 
 
 def _build(s: dict[str, Any]) -> _pipeline.Exporters:
@@ -154,7 +148,7 @@ def _build(s: dict[str, Any]) -> _pipeline.Exporters:
         _exporter(s, "traces") if "otlp" in names else None,
         ConsoleSpanExporter() if "console" in names else None,
         _exporter(s, "metrics") if wanted and meter != "application" else None, queue,
-        None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ or queue >= 512 else queue,
+        None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ or queue >= 512 else queue, s,
     )
 
 
@@ -165,39 +159,34 @@ def _apply(s: dict[str, Any]) -> None:
     if tracer == "application" and set(s) & set(_TYPES) - {"metrics"}:
         logger.warning("otel_progress.configure(): the application already set a "
                        "TracerProvider; otel_progress uses it as is and adds no exporter")
-    if _settings == s and _SWITCH.current is not None:
+    if _SWITCH.current is not None and _SWITCH.current.settings == s:
         return
     new = _build(s)
     if tracer is None:
         env = os.environ  # a variable set is the SDK's to read (None), else our default
-        provider = TracerProvider(
+        _provider = TracerProvider(
             resource=Resource.create(s["resource"]), shutdown_on_exit=False,
             span_limits=s.get("span_limits") or SpanLimits(
                 max_attribute_length=None if "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT" in env else 4096,
                 max_events=None if "OTEL_SPAN_EVENT_COUNT_LIMIT" in env else 1000))
-        provider.add_span_processor(_SWITCH)
-        trace.set_tracer_provider(provider)
-        _provider = provider if trace.get_tracer_provider() is provider else None
+        _provider.add_span_processor(_SWITCH)
+        trace.set_tracer_provider(_provider)  # not ours if another thread's came first
     if meter is None and new.metrics is not None:
-        timeout = s.get("timeout")
-        meter_provider = MeterProvider(
+        _meter_provider = MeterProvider(
             metric_readers=[PeriodicExportingMetricReader(
                 _pipeline.MetricSwitch(_SWITCH, new.metrics),
-                export_timeout_millis=None if timeout is None else timeout * 1000)],
+                export_timeout_millis=s["timeout"] * 1000 if "timeout" in s else None)],
             resource=Resource.create(s["resource"]), shutdown_on_exit=False,
             views=[View(instrument_name=METRIC_SECTION_DURATION,
                         aggregation=ExplicitBucketHistogramAggregation(SECTION_DURATION_BUCKETS))])
-        metrics.set_meter_provider(meter_provider)
-        _meter_provider = meter_provider if metrics.get_meter_provider() is meter_provider else None
-    old = _SWITCH.swap(new)
-    if old is not None:
-        old.close(time.monotonic() + _lifecycle.shutdown_bound())
+        metrics.set_meter_provider(_meter_provider)
+    _SWITCH.swap(new)
 
 
 def _after_fork_in_child() -> None:
     global _LOCK
     _LOCK = threading.RLock()  # another thread may have held it at fork()
-    LOSSES.reset()
+    _pipeline.LOSSES.reset()
     if _SWITCH.current is not None:
         _SWITCH.current.after_fork()
 
@@ -205,9 +194,9 @@ def _after_fork_in_child() -> None:
 def _rebuild_in_worker_process() -> None:
     """A new prefork child rebuilds the exporters configure() owns: the parent's are not ours."""
     with _LOCK:
-        if _settings is not None and _SWITCH.current is not None:
-            _SWITCH.current.abandon()
-            _SWITCH.swap(_build(_settings))
+        if (current := _SWITCH.current) is not None:
+            current.abandon()
+            _SWITCH.current = _build(current.settings)
 
 
 def configure(
@@ -236,7 +225,6 @@ def configure(
 
         otel_progress.configure(service_name="billing-worker", endpoint="http://collector:4317")
     """
-    global _settings
     s = _resolve(dict(locals()))  # exactly the keyword arguments, by name
     if "http/protobuf" in s["protocols"] and (s["exporters"] or s.get("metrics")):
         try:
@@ -246,7 +234,6 @@ def configure(
                               "'otel-progress[http]'") from exc
     with _LOCK:
         _apply(s)
-        _settings = s
         _lifecycle.set_shutdown_bound(s.get("timeout", _lifecycle.DEFAULT_SHUTDOWN_BOUND_S))
     _lifecycle.connect_celery("configure")
 
@@ -254,55 +241,51 @@ def configure(
 def force_flush(timeout_millis: int = 30000) -> bool:
     """Export buffered spans and metrics of the global SDK providers (configure()'s or the
     application's) within ``timeout_millis``; False if some were still pending then."""
-    deadline = time.monotonic() + timeout_millis / 1000
-    return all([_flush(trace.get_tracer_provider(), deadline),
-                _flush(metrics.get_meter_provider(), deadline)])
+    return _flush(time.monotonic() + timeout_millis / 1000)
 
 
-def _flush(provider: object, deadline: float) -> bool:
-    flush = getattr(provider, "force_flush", None)
-    if not callable(flush) or _owner(provider, None) is None:
-        return True  # the API's proxies buffer nothing
-    timeout_s = max(deadline - time.monotonic(), 0.0)
-    return in_background(lambda: flush(timeout_s * 1000), "otel_progress-flush")(timeout_s)
+def _flush(deadline: float) -> bool:
+    """Flush the global SDK providers by ``deadline`` (the API's proxies buffer nothing)."""
+    flushed = True
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        if callable(flush := getattr(provider, "force_flush", None)):
+            timeout_s = max(deadline - time.monotonic(), 0.0)
+            done = in_background(partial(flush, timeout_s * 1000), "otel_progress-flush")
+            flushed = done(timeout_s) and flushed
+    return flushed
 
 
-def _shutdown(deadline: float, at_exit: bool = False) -> None:
+def _shutdown(deadline: float, at_exit: bool = True) -> None:
     """Close configure()'s exporters and flush an application's, by ``deadline``."""
-    global _settings
     with _LOCK:
-        _settings, (tracer, meter), provider = None, _owners(), _meter_provider
+        provider = _meter_provider
         if _SWITCH.current is not None:  # close while current: the metric reader flushes to it
             _SWITCH.current.close(deadline, at_exit, None if provider is None else (
                 lambda: provider.force_flush((deadline - time.monotonic()) * 1000)))
-            _SWITCH.swap(None)
-        if tracer == "application":  # a prefork child never runs the SDK's own atexit
-            _flush(trace.get_tracer_provider(), deadline)
-        if meter == "application":
-            _flush(metrics.get_meter_provider(), deadline)
+            _SWITCH.current = None
+        _flush(deadline)  # an application's providers: a prefork child never runs the SDK's atexit
 
 
 def shutdown() -> None:
     """Flush and close configure()'s exporters within the export timeout (an application's
     provider is only flushed). Runs by itself at exit and at a worker (child)'s end."""
-    _shutdown(time.monotonic() + _lifecycle.shutdown_bound())
+    _shutdown(time.monotonic() + _lifecycle.shutdown_bound(), at_exit=False)
 
 
 def reset() -> None:
     """Undo configure() for tests: exporters, settings, counts and hooks (the provider stays)."""
     shutdown()
-    with _LOCK:
-        LOSSES.reset()
-        _lifecycle.set_shutdown_bound(_lifecycle.DEFAULT_SHUTDOWN_BOUND_S)
+    _pipeline.LOSSES.reset()
+    _lifecycle.set_shutdown_bound(_lifecycle.DEFAULT_SHUTDOWN_BOUND_S)
     _lifecycle.disconnect_celery("configure")
 
 
 def dropped_spans() -> int:
     """Spans this process lost before they reached the collector: refused by a full queue,
     failed to export, or given up at shutdown (the ``otel_progress.spans.dropped`` metric)."""
-    return LOSSES.count
+    return _pipeline.LOSSES.count
 
 
-_lifecycle.on_shutdown(partial(_shutdown, at_exit=True), "export")
+_lifecycle.on_shutdown(_shutdown, "export")
 _lifecycle.on_fork_child(_after_fork_in_child)
 _lifecycle.on_worker_process_init(_rebuild_in_worker_process)

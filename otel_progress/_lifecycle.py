@@ -21,33 +21,27 @@ DEFAULT_SHUTDOWN_BOUND_S: Final = 10.0
 """Seconds a whole shutdown may take unless configure() set its export timeout."""
 
 _lock = threading.Lock()
-_callbacks: Final[dict[str, list[Callable[..., object]]]] = {
-    kind: [] for kind in ("bridge", "export", "fork", "worker_process_init")}
+_callbacks: Final[dict[str, dict[Callable[..., object], None]]] = {  # ordered sets: once each
+    kind: {} for kind in ("bridge", "export", "fork", "worker_process_init")}
 _bound = DEFAULT_SHUTDOWN_BOUND_S
 _shut_down_in: int | None = None
 _owners: set[str] = set()
 _connected: list[tuple[Any, Callable[..., None]]] = []
 
 
-def _add(kind: str, callback: Callable[..., object]) -> None:
-    with _lock:
-        if callback not in _callbacks[kind]:
-            _callbacks[kind].append(callback)
-
-
 def on_shutdown(callback: Callable[[float], object], stage: Stage) -> None:
     """Run ``callback(deadline)`` (a ``time.monotonic()`` value) when this process shuts down."""
-    _add(stage, callback)
+    _callbacks[stage][callback] = None
 
 
 def on_fork_child(callback: Callable[[], object]) -> None:
     """Run ``callback()`` in the child right after each ``fork()``."""
-    _add("fork", callback)
+    _callbacks["fork"][callback] = None
 
 
 def on_worker_process_init(callback: Callable[[], object]) -> None:
     """Run ``callback()`` in each new Celery prefork child (once :func:`connect_celery` ran)."""
-    _add("worker_process_init", callback)
+    _callbacks["worker_process_init"][callback] = None
 
 
 def set_shutdown_bound(seconds: float) -> None:
@@ -61,7 +55,7 @@ def shutdown_bound() -> float:
     return _bound
 
 
-def run_shutdown(reason: str) -> None:
+def run_shutdown(reason: str, **_: object) -> None:
     """Run every bridge, then every export callback, under one deadline; once per process."""
     global _shut_down_in
     with _lock:
@@ -72,7 +66,7 @@ def run_shutdown(reason: str) -> None:
 
 
 def _run(kinds: tuple[str, ...], reason: str, *args: float, **_: object) -> None:
-    for callback in [callback for kind in kinds for callback in _callbacks[kind]]:
+    for callback in [callback for kind in kinds for callback in list(_callbacks[kind])]:
         try:
             callback(*args)
         except Exception:  # an exit or fork path: log, never raise into atexit or Celery
@@ -86,10 +80,6 @@ def _after_fork_in_child() -> None:
     _run(("fork",), "fork")
 
 
-def _on_worker_exit(signal: Any = None, **_: object) -> None:
-    run_shutdown(str(getattr(signal, "name", "worker_shutdown")))
-
-
 def connect_celery(owner: str) -> None:
     """Connect the worker_* receivers on behalf of ``owner`` ("configure", "instrument")."""
     from celery import signals
@@ -98,8 +88,8 @@ def connect_celery(owner: str) -> None:
         _owners.add(owner)
         for signal, receiver in () if _connected else (
             (signals.worker_process_init, partial(_run, ("worker_process_init",), "init")),
-            (signals.worker_process_shutdown, _on_worker_exit),
-            (signals.worker_shutdown, _on_worker_exit),
+            (signals.worker_process_shutdown, partial(run_shutdown, "worker_process_shutdown")),
+            (signals.worker_shutdown, partial(run_shutdown, "worker_shutdown")),
         ):
             signal.connect(receiver, weak=False)  # strong: teardown must not drop them
             _connected.append((signal, receiver))

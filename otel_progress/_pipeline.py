@@ -14,14 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
 from opentelemetry import metrics
-from opentelemetry.context import Context
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult as Result
 
+from otel_progress import _lifecycle
 from otel_progress._attributes import METRIC_SPANS_DROPPED
-from otel_progress._safety import internal_error, logger
+from otel_progress._safety import guard, in_background, logger
 
 Signal = Literal["traces", "metrics"]
 Loss = Literal["queue_full", "export_failed", "shutdown"]
@@ -41,32 +41,16 @@ def exports_failing(signal: Signal) -> bool:
     return time.time() - failed_at < GIVE_UP_FOR_S
 
 
-def in_background(fn: Callable[[], object], name: str) -> Callable[[float], bool]:
-    """Start ``fn`` on a daemon thread; ``wait(timeout_s)`` is True if it finished and succeeded."""
-    done, outcome = threading.Event(), []
-
-    def run() -> None:
-        try:
-            outcome.append(fn() is not False)
-        except Exception as exc:  # the exporters log details; a traceback adds nothing here
-            logger.warning("otel_progress: %s failed: %r", name, exc)
-        finally:
-            done.set()
-
-    try:
-        threading.Thread(target=run, name=name, daemon=True).start()
-    except RuntimeError:  # the interpreter is shutting down: no new threads, run inline
-        run()
-    return lambda timeout_s: done.wait(max(timeout_s, 0.0)) and outcome == [True]
-
-
 class _Losses:
     """Spans this process lost before they reached the collector: a total, a metric, a warning."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.count, self._warned_at = 0, -math.inf
-        self._counter: metrics.Counter | None = None
+        # Created at import: the API's proxy meter forwards to a provider set later.
+        self._counter = metrics.get_meter("otel_progress").create_counter(
+            METRIC_SPANS_DROPPED, unit="{span}",
+            description="Spans lost before reaching the collector, by error.type")
+        self.reset()
 
     def reset(self) -> None:
         with self._lock:
@@ -80,12 +64,7 @@ class _Losses:
             total, now = self.count, time.monotonic()
             warn = reason == "queue_full" and now - self._warned_at >= 60
             self._warned_at = now if warn else self._warned_at
-            if self._counter is None:  # the API's proxy meter forwards to a provider set later
-                self._counter = metrics.get_meter("otel_progress").create_counter(
-                    METRIC_SPANS_DROPPED, unit="{span}",
-                    description="Spans lost before reaching the collector, by error.type")
-            counter = self._counter
-        counter.add(spans, {"error.type": reason})
+        self._counter.add(spans, {"error.type": reason})
         if warn:
             logger.warning("otel_progress: the span export queue is full (max_queue_size=%d): "
                            "spans are being dropped (%d lost so far; counted in %s). The collector "
@@ -104,23 +83,25 @@ class Exporters(SpanExporter):
     load) and each lost span counts once: refused, failed, or pending when :meth:`close` ends."""
 
     def __init__(self, spans: SpanExporter | None, console: SpanExporter | None,
-                 metrics: MetricExporter | None, queue: int, batch: int | None) -> None:
+                 metrics: MetricExporter | None, queue: int, batch: int | None,
+                 settings: Any = None) -> None:
         self._inner, self.metrics, self._queue = spans, metrics, queue
+        self.settings = settings  # what configure() built this generation from
         self._lock = threading.Lock()
         self._pending = self._in_flight = 0
         self._closed, self._deadline = False, math.inf
-        self._batch = None if spans is None else BatchSpanProcessor(
+        self.batch = None if spans is None else BatchSpanProcessor(
             self, max_queue_size=queue, max_export_batch_size=batch)
         self._console = None if console is None else SimpleSpanProcessor(console)
 
     def on_end(self, span: ReadableSpan) -> None:
         sampled = span.context is not None and span.context.trace_flags.sampled
-        if self._batch is not None and sampled:
+        if self.batch is not None and sampled:
             with self._lock:
                 admitted = self._pending < self._queue and not self._closed
                 self._pending += admitted
             if admitted:
-                self._batch.on_end(span)
+                self.batch.on_end(span)
             else:
                 LOSSES.add(1, "shutdown" if self._closed else "queue_full", self._queue)
         if self._console is not None:
@@ -135,7 +116,8 @@ class Exporters(SpanExporter):
         inner = self._inner if time.monotonic() < self._deadline else None
         result = Result.FAILURE
         try:
-            result = Result.FAILURE if inner is None else inner.export(spans)
+            if inner is not None:
+                result = inner.export(spans)
         except Exception:
             if self._deadline != -math.inf:
                 raise  # the batch processor logs it; else shutdown() closed the connection
@@ -154,44 +136,36 @@ class Exporters(SpanExporter):
         if inner is not None:
             inner.shutdown()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        batch = self._batch
-        return batch is None or in_background(batch.force_flush, "otel_progress-flush")(
-            timeout_millis / 1000)
-
     def close(self, deadline: float, at_exit: bool = False,
               flush_metrics: Callable[[], bool] | None = None) -> None:
         """Export what is queued until ``deadline`` (metrics, by ``flush_metrics``, in parallel),
         then stop. At exit a signal whose export failed lately, here or in the parent, does not
-        wait at all."""
+        wait at all: its unexported spans count as lost."""
         metrics_done = None
         if flush_metrics and self.metrics and not (at_exit and exports_failing("metrics")):
             metrics_done = in_background(flush_metrics, "otel_progress-metrics")
         if self._console is not None:
             self._console.shutdown()
-        if self._batch is not None:
-            self._close_spans(deadline, give_up=at_exit and exports_failing("traces"))
+        if self.batch is not None:
+            give_up = at_exit and exports_failing("traces")
+            before, self._deadline = LOSSES.count, time.monotonic() if give_up else deadline
+            done = in_background(self.batch.shutdown, "otel_progress-shutdown")
+            if not done(self._deadline - time.monotonic()):
+                if not give_up:
+                    record_export("traces", ok=False)  # still exporting at the deadline: a timeout
+                self.shutdown()
+            with self._lock:
+                lost, self._pending, self._in_flight = self._pending + self._in_flight, 0, 0
+                self._closed = True
+            LOSSES.add(lost, "shutdown")
+            if (gone := LOSSES.count - before) > 0:
+                logger.warning("otel_progress: %d span(s) not exported at shutdown (%s)", gone,
+                               "exports were failing" if give_up else "bound reached")
         if metrics_done is not None and not metrics_done(deadline - time.monotonic()):
             record_export("metrics", ok=False)  # still exporting at the deadline: a timeout
             logger.warning("otel_progress: metrics were not exported within the shutdown bound")
         if self.metrics is not None:
             self.metrics.shutdown()  # the OTLP exporters close their connection at once
-
-    def _close_spans(self, deadline: float, give_up: bool) -> None:
-        assert self._batch is not None
-        before, self._deadline = LOSSES.count, time.monotonic() if give_up else deadline
-        done = in_background(self._batch.shutdown, "otel_progress-shutdown")
-        if not done(self._deadline - time.monotonic()):
-            if not give_up:
-                record_export("traces", ok=False)  # still exporting at the deadline: a timeout
-            self.shutdown()
-        with self._lock:
-            lost, self._pending, self._in_flight = self._pending + self._in_flight, 0, 0
-            self._closed = True
-        LOSSES.add(lost, "shutdown")
-        if LOSSES.count > before:
-            logger.warning("otel_progress: %d span(s) not exported at shutdown (%s)", LOSSES.count
-                           - before, "exports were failing" if give_up else "bound reached")
 
     def after_fork(self) -> None:
         """The SDK's batch processor empties its queue in a forked child: so does the ledger."""
@@ -201,39 +175,34 @@ class Exporters(SpanExporter):
     def abandon(self) -> None:
         """Stop in a prefork child that rebuilt its exporters, leaving the parent's connections."""
         self._deadline, self._inner, self.metrics, self._closed = -math.inf, None, None, True
-        if self._batch is not None:
-            in_background(self._batch.shutdown, "otel_progress-abandon")
+        if self.batch is not None:
+            in_background(self.batch.shutdown, "otel_progress-abandon")
 
 
 class Switch(SpanProcessor):
     """The one span processor configure() adds to its provider, holding the current exporters
     (which the metric reader's :class:`MetricSwitch` uses too)."""
 
-    def __init__(self, bound: Callable[[], float]) -> None:
-        self.current: Exporters | None = None
-        self._bound = bound
+    current: Exporters | None = None
 
-    def swap(self, exporters: Exporters | None) -> Exporters | None:
+    def swap(self, exporters: Exporters | None) -> None:
+        """Make ``exporters`` current and close the previous ones within the shutdown bound."""
         old, self.current = self.current, exporters
-        return old
+        if old is not None:
+            old.close(time.monotonic() + _lifecycle.shutdown_bound())
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass  # the batch and console processors do nothing on start
-
+    @guard("otel_progress._pipeline.span_export")  # runs inside span.end(): never into the caller
     def on_end(self, span: ReadableSpan) -> None:
-        try:
-            if self.current is not None:
-                self.current.on_end(span)
-        except Exception as exc:  # runs inside span.end(): never into the caller
-            internal_error("otel_progress._pipeline.span_export", exc)
+        if self.current is not None:
+            self.current.on_end(span)
 
     def shutdown(self) -> None:
-        old = self.swap(None)
-        if old is not None:
-            old.close(time.monotonic() + self._bound())
+        self.swap(None)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.current is None or self.current.force_flush(timeout_millis)
+        batch = self.current and self.current.batch
+        return batch is None or in_background(batch.force_flush, "otel_progress-flush")(
+            timeout_millis / 1000)
 
 
 class MetricSwitch(MetricExporter):
@@ -246,9 +215,8 @@ class MetricSwitch(MetricExporter):
                          getattr(first, "_preferred_aggregation", None))
         self._switch = switch
 
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
         inner = self._switch.current and self._switch.current.metrics
         if not inner:
             return MetricExportResult.SUCCESS

@@ -1,4 +1,4 @@
-"""Telemetry never breaks the task it observes: clamps, safe text, and the one internal-error guard.
+"""Telemetry never breaks the task it observes: clamps, safe text, bounded waits, the one guard.
 
 Every public entry point that runs inside a user's task goes through :class:`guard` (as a
 decorator or a ``with`` block) or uses the clamps below. Internal errors are logged once per call
@@ -120,6 +120,28 @@ class guard:  # used like a function: ``@guard("site")`` / ``with guard("site"):
                 return default  # type: ignore[no-any-return]
 
         return wrapper
+
+
+def in_background(fn: Callable[[], object], name: str) -> Callable[[float], bool]:
+    """Start ``fn`` on a daemon thread; ``wait(timeout_s)`` is True if it finished and succeeded.
+
+    For waits that must stay bounded when the callee ignores its own timeout (the SDK's flush and
+    shutdown): the caller stops waiting at its deadline, the thread may run on."""
+    done, outcome = threading.Event(), []
+
+    def run() -> None:
+        try:
+            outcome.append(fn() is not False)
+        except Exception as exc:  # the callee logs details (the SDK's exporters do)
+            logger.warning("otel_progress: %s failed: %r", name, exc)
+        finally:
+            done.set()
+
+    try:
+        threading.Thread(target=run, name=name, daemon=True).start()
+    except RuntimeError:  # the interpreter is shutting down: no new threads, run inline
+        run()
+    return lambda timeout_s: done.wait(max(timeout_s, 0.0)) and outcome == [True]
 
 
 def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:

@@ -237,7 +237,7 @@ def test_the_sdk_queue_keeps_every_span_the_pipeline_admits(
     """With the export blocked, the SDK's queue of 4 holds what the pipeline admits and the rest
     is refused and counted: exported + counted == ended, and the SDK itself drops nothing."""
     exporter = _BlockingExporter()
-    processor = Switch(lambda: 5.0)
+    processor = Switch()
     processor.swap(Exporters(exporter, None, None, queue=4, batch=1))
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(processor)
