@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
-from otel_progress import _lifecycle, _pipeline
+from otel_progress import _lifecycle, _metrics, _pipeline
 from otel_progress._attributes import METRIC_SECTION_DURATION, SECTION_DURATION_BUCKETS
 from otel_progress._safety import in_background, logger
 
@@ -121,15 +121,18 @@ def _exporter(s: dict[str, Any], signal: Literal["traces", "metrics"]) -> Any:
         kwargs.pop("insecure", None)  # the URL's scheme decides for HTTP
         if "endpoint" in kwargs:
             kwargs["endpoint"] = f"{kwargs['endpoint'].rstrip('/')}/v1/{signal}"
-    module = importlib.import_module(f"opentelemetry.exporter.otlp.proto."
-                                     f"{'http' if http else 'grpc'}.{signal[:-1]}_exporter")
+    try:
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto."
+                                         f"{'http' if http else 'grpc'}.{signal[:-1]}_exporter")
+    except ImportError as exc:
+        raise ImportError("protocol 'http/protobuf' needs: pip install 'otel-progress[http]'") \
+            from exc
     return getattr(module, "OTLPSpanExporter" if signal == "traces" else "OTLPMetricExporter")(
         **kwargs)
 
 
 def _owners() -> list[str | None]:
-    """Who owns the global tracer and meter providers: otel_progress, the application, or nobody
-    yet (the API's proxies)."""
+    """Who owns the global tracer and meter providers: us, the application, or nobody yet."""
     owners: list[str | None] = []
     for current, ours in ((trace.get_tracer_provider(), _provider),
                           (metrics.get_meter_provider(), _meter_provider)):
@@ -177,7 +180,7 @@ def _apply(s: dict[str, Any]) -> None:
                 _pipeline.MetricSwitch(_SWITCH, new.metrics),
                 export_timeout_millis=s["timeout"] * 1000 if "timeout" in s else None)],
             resource=Resource.create(s["resource"]), shutdown_on_exit=False,
-            views=[View(instrument_name=METRIC_SECTION_DURATION,
+            views=[View(instrument_name=METRIC_SECTION_DURATION,  # the API's advisory is 1.30+
                         aggregation=ExplicitBucketHistogramAggregation(SECTION_DURATION_BUCKETS))])
         metrics.set_meter_provider(_meter_provider)
     _SWITCH.swap(new)
@@ -186,7 +189,7 @@ def _apply(s: dict[str, Any]) -> None:
 def _after_fork_in_child() -> None:
     global _LOCK
     _LOCK = threading.RLock()  # another thread may have held it at fork()
-    _pipeline.LOSSES.reset()
+    _metrics.LOSSES.reset()
     if _SWITCH.current is not None:
         _SWITCH.current.after_fork()
 
@@ -216,22 +219,13 @@ def configure(
 ) -> None:
     """Send otel_progress's spans and metrics to an OTLP collector (or the console).
 
-    One call, so a worker needs no OpenTelemetry boilerplate: the arguments given reach the SDK,
-    which reads every other ``OTEL_*`` variable itself. Re-called, it replaces the exporters
-    (resource and span limits stay the first call's); a provider the application set is used as
-    is. When the collector cannot keep up, spans are dropped and counted, and no task waits. A
-    whole shutdown takes at most ``timeout`` seconds (default 10). Bad arguments raise
-    ``TypeError``/``ValueError``. Example::
-
-        otel_progress.configure(service_name="billing-worker", endpoint="http://collector:4317")
+    One call, no OpenTelemetry boilerplate: the arguments given reach the SDK, which reads every
+    other ``OTEL_*`` variable itself. A re-call replaces the exporters; a provider the
+    application set is used as is. A slow collector costs dropped, counted spans, never a
+    waiting task; a shutdown takes at most ``timeout`` s (default 10). Bad arguments raise
+    ``TypeError``/``ValueError``: ``configure(service_name="billing", endpoint="http://c:4317")``
     """
     s = _resolve(dict(locals()))  # exactly the keyword arguments, by name
-    if "http/protobuf" in s["protocols"] and (s["exporters"] or s.get("metrics")):
-        try:
-            importlib.import_module("opentelemetry.exporter.otlp.proto.http")
-        except ImportError as exc:
-            raise ImportError("protocol 'http/protobuf' needs: pip install "
-                              "'otel-progress[http]'") from exc
     with _LOCK:
         _apply(s)
         _lifecycle.set_shutdown_bound(s.get("timeout", _lifecycle.DEFAULT_SHUTDOWN_BOUND_S))
@@ -239,8 +233,7 @@ def configure(
 
 
 def force_flush(timeout_millis: int = 30000) -> bool:
-    """Export buffered spans and metrics of the global SDK providers (configure()'s or the
-    application's) within ``timeout_millis``; False if some were still pending then."""
+    """Export what the global SDK providers buffer within ``timeout_millis``; False if late."""
     return _flush(time.monotonic() + timeout_millis / 1000)
 
 
@@ -267,23 +260,21 @@ def _shutdown(deadline: float, at_exit: bool = True) -> None:
 
 
 def shutdown() -> None:
-    """Flush and close configure()'s exporters within the export timeout (an application's
-    provider is only flushed). Runs by itself at exit and at a worker (child)'s end."""
+    """Close configure()'s exporters (an application's are only flushed) within the bound."""
     _shutdown(time.monotonic() + _lifecycle.shutdown_bound(), at_exit=False)
 
 
 def reset() -> None:
     """Undo configure() for tests: exporters, settings, counts and hooks (the provider stays)."""
     shutdown()
-    _pipeline.LOSSES.reset()
+    _metrics.LOSSES.reset()
     _lifecycle.set_shutdown_bound(_lifecycle.DEFAULT_SHUTDOWN_BOUND_S)
     _lifecycle.disconnect_celery("configure")
 
 
 def dropped_spans() -> int:
-    """Spans this process lost before they reached the collector: refused by a full queue,
-    failed to export, or given up at shutdown (the ``otel_progress.spans.dropped`` metric)."""
-    return _pipeline.LOSSES.count
+    """Spans lost here: a full queue, a failed export, or given up at shutdown (the metric)."""
+    return _metrics.LOSSES.count
 
 
 _lifecycle.on_shutdown(_shutdown, "export")

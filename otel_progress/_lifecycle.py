@@ -1,8 +1,7 @@
-"""Process exit and fork in one place: atexit, ``os.register_at_fork``, Celery's worker_* signals.
-
-Every way out runs one shutdown, once per process: atexit, ``worker_process_shutdown`` (a prefork
-child leaves by ``os._exit``: no atexit) or ``worker_shutdown``. All "bridge" callbacks (last
-writes, open run spans) run before all "export" ones (the final flush), under one deadline."""
+"""Exit and fork in one place: atexit, ``os.register_at_fork``, Celery's worker_* signals. Each way
+out (atexit; ``worker_process_shutdown``, as a prefork child leaves by ``os._exit``; or
+``worker_shutdown``) runs one shutdown per process: "bridge" callbacks, then "export" ones, under
+one deadline."""
 
 from __future__ import annotations
 

@@ -7,16 +7,17 @@ Labels are low-cardinality only (task name, section name, status) and capped: pa
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from opentelemetry import metrics
 
 from otel_progress import _attributes as A
-from otel_progress._safety import guard
+from otel_progress._safety import guard, logger
 
 
 class _Tracked(Protocol):
@@ -109,3 +110,39 @@ def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observat
         name = _capped(A.LABEL_TASK_NAME, run.task_name)
         worst[name] = max(worst.get(name, 0.0), now - run.last_progress)
     return [metrics.Observation(age, {A.LABEL_TASK_NAME: name}) for name, age in worst.items()]
+
+
+Loss = Literal["queue_full", "export_failed", "shutdown"]
+
+
+class _Losses:  # configure()'s pipeline reports them; a metric, so it lives here
+    """Spans this process lost before they reached the collector: a total, a metric, a warning."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Created at import: the API's proxy meter forwards to a provider set later.
+        self._counter = metrics.get_meter("otel_progress").create_counter(
+            A.METRIC_SPANS_DROPPED, unit="{span}",
+            description="Spans lost before reaching the collector, by error.type")
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.count, self._warned_at = 0, -math.inf
+
+    def add(self, spans: int, reason: Loss, queue_size: int = 0) -> None:
+        if spans <= 0:
+            return
+        with self._lock:
+            self.count += spans
+            total, now = self.count, time.monotonic()
+            warn = reason == "queue_full" and now - self._warned_at >= 60
+            self._warned_at = now if warn else self._warned_at
+        self._counter.add(spans, {"error.type": reason})
+        if warn:
+            logger.warning("otel_progress: the span export queue is full (max_queue_size=%d): "
+                           "%d spans lost so far (%s); at most one warning a minute.",
+                           queue_size, total, A.METRIC_SPANS_DROPPED)
+
+
+LOSSES: Final = _Losses()

@@ -13,18 +13,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
-from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult as Result
 
 from otel_progress import _lifecycle
-from otel_progress._attributes import METRIC_SPANS_DROPPED
+from otel_progress._metrics import LOSSES
 from otel_progress._safety import guard, in_background, logger
 
 Signal = Literal["traces", "metrics"]
-Loss = Literal["queue_full", "export_failed", "shutdown"]
 GIVE_UP_FOR_S: Final = 30.0
 """After an export failed, exits of this process and its forked children do not wait this long."""
 _HEALTH: Final = mmap.mmap(-1, 16)  # per signal: time.time() its last export failed, 0.0 if ok
@@ -41,46 +39,13 @@ def exports_failing(signal: Signal) -> bool:
     return time.time() - failed_at < GIVE_UP_FOR_S
 
 
-class _Losses:
-    """Spans this process lost before they reached the collector: a total, a metric, a warning."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # Created at import: the API's proxy meter forwards to a provider set later.
-        self._counter = metrics.get_meter("otel_progress").create_counter(
-            METRIC_SPANS_DROPPED, unit="{span}",
-            description="Spans lost before reaching the collector, by error.type")
-        self.reset()
-
-    def reset(self) -> None:
-        with self._lock:
-            self.count, self._warned_at = 0, -math.inf
-
-    def add(self, spans: int, reason: Loss, queue_size: int = 0) -> None:
-        if spans <= 0:
-            return
-        with self._lock:
-            self.count += spans
-            total, now = self.count, time.monotonic()
-            warn = reason == "queue_full" and now - self._warned_at >= 60
-            self._warned_at = now if warn else self._warned_at
-        self._counter.add(spans, {"error.type": reason})
-        if warn:
-            logger.warning("otel_progress: the span export queue is full (max_queue_size=%d): "
-                           "spans are being dropped (%d lost so far; counted in %s). The collector "
-                           "is slow or down, or the queue too small. Repeats at most every 60 s.",
-                           queue_size, total, METRIC_SPANS_DROPPED)
-
-
-LOSSES: Final = _Losses()
 
 
 class Exporters(SpanExporter):
-    """One generation of configure()'s exporters (spans through the SDK's batch queue, the console,
-    metrics) and the ledger of every span in that queue: admitted (pending) before it enters,
-    out when the queue hands it to :meth:`export`, refused when the queue is full. So the SDK's
-    queue never drops by itself (its count, taken when the queue *looks* full, over-counts under
-    load) and each lost span counts once: refused, failed, or pending when :meth:`close` ends."""
+    """One generation of configure()'s exporters (spans through the SDK's batch queue, console,
+    metrics) and the ledger of every span in that queue: admitted before it enters, out when the
+    queue hands it to :meth:`export`, refused when full. So the SDK's queue never drops by itself
+    (its own count over-counts under load) and each lost span counts once."""
 
     def __init__(self, spans: SpanExporter | None, console: SpanExporter | None,
                  metrics: MetricExporter | None, queue: int, batch: int | None,

@@ -30,9 +30,9 @@ def test_uninstrumented_worker_records_spans_and_warns_once_naming_the_call(
     from tests.apps import plain_app
 
     plain_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    worker = celery_worker_factory("tests.apps.plain_app", concurrency=1,
+    worker = celery_worker_factory("tests.apps.plain_app", concurrency=1, queues=("plain-1",),
                                    env=_env(otlp_receiver))
-    results = [plain_app.job.delay() for _ in range(3)]
+    results = [plain_app.job.apply_async(queue="plain-1") for _ in range(3)]
     assert ["plain"] * 3 == [r.get(timeout=30) for r in results]
     spans = otlp_receiver.wait_for_spans(
         lambda s: sum(x.name == "plain_app.job" for x in s) >= 3, timeout=20)
@@ -53,9 +53,9 @@ def test_install_gives_the_final_payload_without_otel_celery_instrumentation(
     from tests.apps import plain_app
 
     plain_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    worker = celery_worker_factory("tests.apps.plain_app", concurrency=1,
+    worker = celery_worker_factory("tests.apps.plain_app", concurrency=1, queues=("plain-2",),
                                    env=_env(otlp_receiver, OTEL_PROGRESS_TEST_INSTALL="1"))
-    result = plain_app.job.delay()
+    result = plain_app.job.apply_async(queue="plain-2")
     assert "plain" == result.get(timeout=30)
     payload = get_progress(result.id, app=plain_app.app)
     assert payload is not None

@@ -35,8 +35,8 @@ def test_opentelemetry_instrument_produces_section_spans(
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         worker = celery_worker_factory("tests.apps.zerocode_app", pool="solo", env=env,
-                                       launcher=[launcher])
-        assert "zero" == zerocode_app.job.delay().get(timeout=30)
+                                       launcher=[launcher], queues=("zerocode",))
+        assert "zero" == zerocode_app.job.apply_async(queue="zerocode").get(timeout=30)
         spans = receiver.wait_for_spans(
             lambda s: {"run/zerocode_app.job", "prepare", "work"} <= {x.name for x in s},
             timeout=20)
