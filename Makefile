@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck check-system bench clean
+.PHONY: demo test lint typecheck check-system bench bench-pytest clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,7 +28,15 @@ typecheck: $(VENV)/.installed
 test: $(VENV)/.installed check-system lint typecheck  ## lint, mypy --strict and the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed  ## benchmarks/RESULTS.md: every target of issue 10, side by side
+	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get update && apt-get install -y redis-server"; exit 1; }
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-pytest: $(VENV)/.bench-installed  ## the pytest-benchmark hot-path file (no RESULTS.md)
 	$(PY) -m pytest benchmarks --benchmark-only -p no:xdist
 
 clean:

@@ -130,6 +130,24 @@ return 1
 """
 """KEYS: Celery's meta key, our key. ARGV: Celery meta ('' = ours only), our payload, expiry."""
 
+_FINAL_LUA: Final = """
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, p = pcall(cjson.decode, raw)
+  if ok and type(p) == 'table' and tonumber(p['attempt'])
+      and tonumber(p['attempt']) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+else redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+"""KEYS: our key. ARGV: our final payload, expiry, its attempt. A retried task's next attempt can
+finish (on another pool child) before the attempt that raised Retry has made its own final
+write: the earlier attempt's payload never replaces a later one's."""
+
 
 class _Redis:
     """Our own connection pool to a Redis result backend: short timeouts, no retries."""
@@ -149,6 +167,7 @@ class _Redis:
         self.client = redis.Redis(connection_pool=redis.ConnectionPool(max_connections=32,
                                                                        **params))
         self.script = self.client.register_script(_PROGRESS_LUA)
+        self.final_script = self.client.register_script(_FINAL_LUA)
         self.loaded = False
         self.json = backend.serializer == "json"
 
@@ -241,9 +260,8 @@ class TaskTarget:
                 raw = client.client.get(celery_key)
                 if raw is not None and _status(backend, raw) in CELERY_FINAL:
                     return False
-            if not client.loaded:  # once per process: no NOSCRIPT round trip on a write
-                client.client.script_load(_PROGRESS_LUA)
-                client.loaded = True
+            if not client.loaded:
+                _load_scripts(client)
             written = bool(client.script(
                 keys=[celery_key, own_key(self.task_id)],
                 args=[meta if client.json else b"", dumps(payload), _expires(backend)],
@@ -257,12 +275,15 @@ class TaskTarget:
         return written
 
     def final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
-        """The last write: our key (always); PROGRESS meta where the backend has no keys."""
+        """The last write: our key (unless a later attempt of the task wrote it, on Redis);
+        PROGRESS meta where the backend has no keys."""
         backend = self.task.backend
         client = _redis(backend)
         if client is not None:
-            expires = _expires(backend)
-            client.client.set(own_key(self.task_id), dumps(payload), ex=expires or None)
+            if not client.loaded:
+                _load_scripts(client)
+            client.final_script(keys=[own_key(self.task_id)],
+                                args=[dumps(payload), _expires(backend), payload["attempt"]])
         elif isinstance(backend, BaseKeyValueStoreBackend):
             backend.set(_kv(backend, own_key(self.task_id)), dumps(payload))
         else:
@@ -271,6 +292,13 @@ class TaskTarget:
             backend.store_result(self.task_id, payload, "PROGRESS", request=self.request)
         if children:
             _write_children(backend, self.task_id, children)
+
+
+def _load_scripts(client: _Redis) -> None:
+    """Once per process: no NOSCRIPT round trip on a write."""
+    client.client.script_load(_PROGRESS_LUA)
+    client.client.script_load(_FINAL_LUA)
+    client.loaded = True
 
 
 def _status(backend: Any, raw: Any) -> str | None:

@@ -3,6 +3,13 @@ age of the last progress report per task name (a stuck span never ends, so alert
 
 Labels are low-cardinality only (task name, section name, status) and capped: past
 ``MAX_LABEL_VALUES`` distinct values a label reads ``other``. Never task ids.
+
+Recording is off the hot path: the SDK cleans and hashes the attributes of every measurement,
+which costs about what a whole span costs, so a section's end only appends its labels and
+duration to a queue. :func:`drain` records what is queued (one counter ``add`` per label set,
+one histogram ``record`` per section) on the flusher thread, at every metric collection (the
+progress-age gauge's callback runs before a collection reads the instruments) and at shutdown;
+the exported metrics are the same, only recorded later.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import math
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final, Literal, Protocol
 
@@ -33,11 +41,17 @@ _instruments: dict[str, Any] = {}
 _seen: dict[str, set[str]] = {A.LABEL_TASK_NAME: set(), A.LABEL_SECTION_NAME: set()}
 _running: weakref.WeakSet[Any] = weakref.WeakSet()
 _meter_provider: metrics.MeterProvider | None = None
+MAX_PENDING: Final = 10_000
+"""Finished sections queued at most; one more drains the queue in the caller's thread (when
+neither the flusher nor a metric collection came by)."""
+_pending: deque[tuple[str, str, str, float]] = deque()
+_drain_lock = threading.Lock()
 
 
 def use_meter_provider(provider: metrics.MeterProvider | None) -> None:
     """Record on ``provider`` (``instrument(meter_provider=)``); None: the global one."""
     global _meter_provider
+    drain()  # what finished so far belongs to the provider it finished under
     with _lock:
         _meter_provider = provider
         _instruments.clear()
@@ -77,17 +91,49 @@ def _get() -> dict[str, Any]:
     return _instruments
 
 
-@guard("metrics.record_section")
 def record_section(task_name: str, section_name: str, status: str, duration_s: float) -> None:
-    """Count one finished section and record its duration."""
-    inst = _get()
-    labels = {
-        A.LABEL_TASK_NAME: _capped(A.LABEL_TASK_NAME, task_name),
-        A.LABEL_SECTION_NAME: _capped(A.LABEL_SECTION_NAME, section_name),
-        A.LABEL_STATUS: status,
-    }
-    inst["sections"].add(1, labels)
-    inst["duration"].record(max(duration_s, 0.0), labels)
+    """Count one finished section and its duration: queued, recorded by :func:`drain`."""
+    _pending.append((task_name, section_name, status, duration_s))
+    if len(_pending) > MAX_PENDING:
+        drain()
+
+
+@guard("metrics.drain")
+def drain() -> None:
+    """Record the sections finished since the last drain (the flusher, collections, exit)."""
+    if not _pending or not _drain_lock.acquire(blocking=False):
+        return  # nothing queued, or another thread is recording it right now
+    try:
+        items = []
+        pop = _pending.popleft
+        while _pending:
+            items.append(pop())
+        if not _sdk_listening():
+            return  # the API's no-op meters: what they would have dropped, dropped here
+        inst = _get()
+        counter, histogram = inst["sections"], inst["duration"]
+        labels: dict[tuple[str, str, str], tuple[dict[str, str], list[int]]] = {}
+        for task_name, section_name, status, duration_s in items:
+            key = (task_name, section_name, status)
+            entry = labels.get(key)
+            if entry is None:
+                entry = labels[key] = ({
+                    A.LABEL_TASK_NAME: _capped(A.LABEL_TASK_NAME, task_name),
+                    A.LABEL_SECTION_NAME: _capped(A.LABEL_SECTION_NAME, section_name),
+                    A.LABEL_STATUS: status,
+                }, [0])
+            entry[1][0] += 1
+            histogram.record(max(duration_s, 0.0), entry[0])
+        for attributes, count in labels.values():
+            counter.add(count[0], attributes)
+    finally:
+        _drain_lock.release()
+
+
+def _sdk_listening() -> bool:
+    """Whether a provider that records is in place (not the API's proxy or no-op one)."""
+    provider = _meter_provider or metrics.get_meter_provider()
+    return not type(provider).__module__.startswith("opentelemetry.metrics")
 
 
 def track_running(run: _Tracked) -> None:
@@ -102,6 +148,7 @@ def untrack(run: _Tracked) -> None:
 
 
 def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    drain()  # a collection calls this first: the sections queued so far are in it
     now = time.time()
     worst: dict[str, float] = {}
     for run in list(_running):

@@ -4,7 +4,10 @@ Frontends read progress from Celery's result backend. Writing on every ``advance
 round trip per loop iteration, so the hot path only bumps counters and this thread writes each
 run's payload at most once per ``min_interval`` (default 0.5 s), promptly when something
 important happened (a section failed, a terminal Observer call), and once more, finally, when
-the task ends. After the final write nothing of the run is written again.
+the task ends. After the final write nothing of the run is written again. The first write comes
+one interval after the run started: a task shorter than that is written once, at its end (its
+readers saw it ``queued`` until then), which spares short tasks a payload and a round trip.
+The same thread records the section metrics queued since its last pass (``_metrics.drain``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final, Protocol
 
-from otel_progress import _backend, _payload, _spans
+from otel_progress import _backend, _metrics, _payload, _spans
 from otel_progress._payload import ProgressPayload
 from otel_progress._run import Run
 from otel_progress._safety import internal_error, logger, safe_str
@@ -71,7 +74,7 @@ class Publisher:
         self.run = run
         self.target = target
         self.on_event = on_event  # optional callable(payload): Celery's task-progress event
-        self.last_write = 0.0
+        self.last_write = time.monotonic()  # the first write one interval after the start
         self.last_sent: dict[str, Any] | None = None
         self.urgent = False
         self.closed = False
@@ -146,6 +149,8 @@ class _Flusher:
         self._publishers: list[Publisher] = []
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._wakes_at = 0.0
+        """When the thread's current wait ends (monotonic); 0 when it is not waiting."""
 
     def register(self, pub: Publisher) -> None:
         with self._cond:
@@ -157,6 +162,8 @@ class _Flusher:
                     target=self._loop, name="otel-progress-flusher", daemon=True
                 )
                 self._thread.start()
+            elif self._wakes_at and self._wakes_at <= pub.last_write + _min_interval:
+                return  # it wakes before this one is due anyway: no thread switch per task
             self._cond.notify()
 
     def unregister(self, pub: Publisher) -> None:
@@ -176,6 +183,7 @@ class _Flusher:
         self._publishers = []
         self._thread = None
         self._pid = os.getpid()
+        self._wakes_at = 0.0
 
     def reset_after_fork(self) -> None:
         self._cond = threading.Condition()
@@ -183,13 +191,17 @@ class _Flusher:
 
     def _loop(self) -> None:
         while True:
+            _metrics.drain()  # guarded: the sections finished since the last pass
             with self._cond:
                 pubs = list(self._publishers)
                 now = time.monotonic()
                 waits = [p.due(now) for p in pubs]
                 wait = min(waits) if waits else None
                 if wait is None or wait > 0:
-                    self._cond.wait(timeout=_min_interval if wait is None else wait)
+                    timeout = _min_interval if wait is None else wait
+                    self._wakes_at = now + timeout
+                    self._cond.wait(timeout=timeout)
+                    self._wakes_at = 0.0
                     continue
             now = time.monotonic()
             for pub in pubs:
@@ -254,6 +266,7 @@ def final_write(run: Run, timeout: float = FINAL_TIMEOUT) -> None:
 
 def flush_all(deadline: float) -> None:
     """Write every pending payload now, until ``deadline`` (monotonic): process exit, tests."""
+    _metrics.drain()
     for pub in _flusher.publishers():
         if time.monotonic() > deadline:
             break

@@ -34,17 +34,9 @@ from otel_progress._safety import (
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _ids = itertools.count()
-
-class _Entered:
-    """One entry of a section: its node and the tokens to restore on exit."""
-
-    __slots__ = ("node", "otel_token", "var_token")
-
-    def __init__(self, node: Node, otel_token: object, var_token: Token[Node | None]) -> None:
-        self.node = node
-        self.otel_token = otel_token
-        self.var_token = var_token
-
+_ONE: Final = 1
+"""``advance()``'s default step: CPython has one object for the int 1, so ``step is _ONE`` is
+the cheapest test that the common call needs no checks."""
 
 class Section:
     """A section context manager (sync and async) and decorator, made by ``updater(...)``."""
@@ -54,7 +46,8 @@ class Section:
     def __init__(self, updater: TaskUpdater, name: str) -> None:
         self._updater = updater
         self._name = name
-        self._entered: list[_Entered] = []
+        self._entered: list[tuple[Node, object, Token[Node]]] = []
+        """(node, OTel context token, ContextVar token) per entry: re-entrant and reusable."""
 
     def __enter__(self) -> TaskUpdater:
         self._enter()
@@ -99,36 +92,46 @@ class Section:
 
         return cast(_F, wrapper)
 
+    # try/except rather than ``with guard(...)``: the same guard semantics (logged once, raised
+    # in strict mode) without a guard object and two calls per block on every section.
     def _enter(self) -> None:
         updater = self._updater
-        with guard("TaskUpdater.section.enter"):
+        try:
             run = updater._run
-            parent = updater._current.get()
-            if parent is not None and parent.state != "running":
-                parent = None  # a stale context (e.g. a thread copied it after the exit)
-            node = run.add_section(self._name, parent)
+            current = updater._current
+            parent = current.get()
+            # top level, or a stale context (a thread copied it after the section's exit)
+            top = parent is run.node or parent.state != "running"
+            node = run.add_section(self._name, None if top else parent)
             token = _spans.start_section(run, node)
-            self._entered.append(_Entered(node, token, updater._current.set(node)))
+            self._entered.append((node, token, current.set(node)))
+        except Exception as exc:
+            internal_error("TaskUpdater.section.enter", exc)
 
     def _exit(self, exc: BaseException | None) -> bool:
-        updater = self._updater
-        if not self._entered:
+        entered = self._entered
+        if not entered:
             return False
-        entry = self._entered.pop()
-        outcome = _celery.outcome_of(exc)
-        with guard("TaskUpdater.section.exit"):
-            run = updater._run
-            if run.close_section(entry.node, outcome, exc if outcome != "succeeded" else None):
-                _spans.end_section(run, entry.node, exc)
+        node, otel_token, var_token = entered.pop()
+        outcome = "succeeded" if exc is None else _celery.outcome_of(exc)
+        updater = self._updater
+        run = updater._run
         try:
-            updater._current.reset(entry.var_token)
+            if run.close_section(node, outcome, exc if outcome != "succeeded" else None):
+                _spans.end_section(run, node, exc)
+        except Exception as err:
+            internal_error("TaskUpdater.section.exit", err)
+        try:
+            updater._current.reset(var_token)
         except ValueError:  # exited in another context (e.g. a generator): restore by hand
-            updater._current.set(entry.node.parent if entry.node.depth > 1 else None)
-        with guard("TaskUpdater.section.detach"):
-            _spans.detach(entry.otel_token)
+            updater._current.set(node.parent or run.node)
+        try:
+            _spans.detach(otel_token)
+        except Exception as err:
+            internal_error("TaskUpdater.section.detach", err)
         if exc is None or outcome != "failed":
             return False
-        _publish.request_flush(updater._run)
+        _publish.request_flush(run)
         return updater._suppress and not _celery.never_suppressed(exc)
 
 
@@ -170,13 +173,15 @@ class TaskUpdater:
             if expected_sections < 1:
                 raise ValueError("expected_sections must be >= 1")
         self._suppress = suppress_exceptions
-        self._current: ContextVar[Node | None] = ContextVar(
-            f"otel_progress_section_{next(_ids)}", default=None
-        )
         self._run: Run = _celery.run_for_current_task(
             task_uuid, task_name, expected_sections=expected_sections,
             include_traceback=include_traceback,
         )
+        # The innermost open section of this context; the run itself outside any section.
+        self._current: ContextVar[Node] = ContextVar(
+            f"otel_progress_section_{next(_ids)}", default=self._run.node
+        )
+        self._innermost = self._current.get  # bound once: the hot path's one lookup
         if verbose:
             self._run.verbose = True
         if self._run.ends_on_drop:
@@ -225,15 +230,17 @@ class TaskUpdater:
         """Whether a section failed."""
         return self._run.latest_exc is not None
 
-    @guard("TaskUpdater.notify")
     def notify(self, message: object, **attributes: object) -> None:
         """Record a notification: an event on the innermost open section, and a log line."""
-        run = self._run
-        node = self._current.get() or run.node
-        text = safe_str(message)
-        attrs = {safe_str(k, 200): attribute_value(v) for k, v in attributes.items()} or None
-        run.note(text)
-        _spans.notify(node, text, attrs)
+        try:
+            run = self._run
+            text = safe_str(message)
+            attrs = {safe_str(k, 200): attribute_value(v)
+                     for k, v in attributes.items()} if attributes else None
+            run.note(text)
+            _spans.notify(self._innermost(), text, attrs)
+        except Exception as exc:  # the guard's semantics, without a wrapper call per notify
+            internal_error("TaskUpdater.notify", exc)
 
     def progress(
         self,
@@ -247,7 +254,7 @@ class TaskUpdater:
         Values that are not finite numbers (NaN, inf, str, bool) are ignored and logged once.
         """
         try:
-            node = self._current.get() or self._run.node
+            node = self._innermost()
             cur = as_number(current, "progress(current=)", self)
             tot = as_number(total, "progress(total=)", self)
             pct = as_number(percent, "progress(percent=)", self)
@@ -271,11 +278,17 @@ class TaskUpdater:
 
     def advance(self, step: int | float = 1) -> None:
         """Add ``step`` to the innermost section's ``current`` (the hot path: counters only)."""
-        node = self._current.get() or self._run.node
-        if step.__class__ is int and node.current.__class__ is int:
+        if step is _ONE:  # advance(): +1 cannot fail on the int or float a counter holds
+            self._innermost().current += 1
+        else:
+            self._advance_by(step)
+
+    def _advance_by(self, step: object) -> None:
+        node = self._innermost()
+        if type(step) is int and type(node.current) is int:
             node.current += step  # ints never overflow; huge ones are clamped when read
-            return
-        self._advance_slow(node, step)
+        else:
+            self._advance_slow(node, step)
 
     def _advance_slow(self, node: Node, step: object) -> None:
         num = as_number(step, "advance(step=)", self)

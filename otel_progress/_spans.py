@@ -19,7 +19,7 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 from otel_progress import _attributes as A
 from otel_progress import _metrics
 from otel_progress._run import FAILED, REVOKED, Node, Run
-from otel_progress._safety import exception_text, guard, type_name
+from otel_progress._safety import MAX_INT, exception_text, guard, type_name
 from otel_progress._version import __version__
 
 _NAME: Final = "otel_progress"
@@ -27,6 +27,9 @@ _tracer: Tracer = trace.get_tracer(_NAME, __version__)
 _open_runs: set[Run] = set()
 """Runs whose span otel_progress opened: ended at the latest at process exit (strong refs on
 purpose: a run whose facade was dropped unfinished must still end its span)."""
+_parent: tuple[object, otel_context.Context | None] = (None, None)
+"""The last run span that top-level sections started under, and its context (contexts are
+immutable): consecutive sections of one run reuse it instead of building one per section."""
 
 
 def use_tracer_provider(provider: TracerProvider | None) -> None:
@@ -40,6 +43,29 @@ def _ids(span: Span) -> tuple[str | None, str | None]:
     if not ctx.is_valid:
         return None, None
     return trace.format_trace_id(ctx.trace_id), trace.format_span_id(ctx.span_id)
+
+
+_NEAR_HALF: Final = 0.49999
+"""A percent 0..100 scaled by 100 carries an error far below 1e-5: a fraction farther than this
+from .5 rounds to the hundredth ``round(pct, 2)`` gives (it rounds the exact value, at ~0.3 us)."""
+
+
+def _progress(node: Node) -> tuple[int | float | None, int | float | None, float | None]:
+    """``node.counters()`` for span attributes, with its ``round(pct, 2)`` done cheaply (the
+    same float): this runs on every notification and section end."""
+    total = node.total
+    current: int | float | None = None
+    if node.current or total is not None:
+        current = node.current
+        if current.__class__ is int and not -MAX_INT <= current <= MAX_INT:
+            current = MAX_INT if current > 0 else -MAX_INT
+    pct = node.percent()
+    if pct is not None:
+        scaled = pct * 100.0
+        hundredths = int(scaled + 0.5)
+        pct = hundredths / 100.0 if -_NEAR_HALF < scaled - hundredths < _NEAR_HALF \
+            else round(pct, 2)
+    return current, total, pct
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -104,26 +130,39 @@ def end_open_runs() -> None:
 # --- sections ------------------------------------------------------------------------------------
 def start_section(run: Run, node: Node) -> object:
     """Start ``node``'s span under its parent and make it current; returns the context token."""
+    global _parent
     parent = node.parent
     if parent is None or parent is run.node:
-        ctx = trace.set_span_in_context(run.node.span) if run.node.span is not None else None
+        run_span = run.node.span
+        cached_span, ctx = _parent
+        if cached_span is not run_span:
+            ctx = None if run_span is None else trace.set_span_in_context(run_span)
+            _parent = (run_span, ctx)
     else:
         ctx = otel_context.get_current()
         if not trace.get_current_span(ctx).get_span_context().is_valid:
             ctx = trace.set_span_in_context(parent.span)
-    span = _tracer.start_span(node.name, context=ctx, start_time=int(node.start * 1e9),
-                              attributes={
-        A.SECTION_NAME: node.name,
+    name = node.name
+    span = _tracer.start_span(name, context=ctx, start_time=int(node.start * 1e9), attributes={
+        A.SECTION_NAME: name,
         A.SECTION_DEPTH: node.depth,
         A.TASK_NAME: run.task_name,
     })
     node.span = span
+    if not span.is_recording() and not span.get_span_context().is_valid \
+            and not trace.get_current_span().get_span_context().is_valid:
+        return _NOT_ATTACHED  # no tracing at all (API only): an invalid span made current
+        # over an invalid one changes nothing a reader of the context can see
     return otel_context.attach(trace.set_span_in_context(span))
+
+
+_NOT_ATTACHED: Final = object()
 
 
 def detach(token: object) -> None:
     """Restore the context that was current before the section."""
-    otel_context.detach(token)  # type: ignore[arg-type]
+    if token is not _NOT_ATTACHED:
+        otel_context.detach(token)  # type: ignore[arg-type]
 
 
 def end_section(run: Run, node: Node, exc: BaseException | None) -> None:
@@ -131,14 +170,16 @@ def end_section(run: Run, node: Node, exc: BaseException | None) -> None:
     span: Span = node.span
     end = node.end or time.time()
     if span is not None and span.is_recording():
-        current, total, pct = node.counters()
         attrs: dict[str, Any] = {A.SECTION_STATE: node.state}
-        if current is not None:
-            attrs[A.CURRENT] = current
-        if total is not None:
-            attrs[A.TOTAL] = total
-        if pct is not None:
-            attrs[A.PERCENT] = pct  # what it reported: a normal exit does not make it 100
+        if node.total is not None or node.current or node.explicit_pct is not None \
+                or node.mark >= 0.0:  # it reported progress: counters() has something
+            current, total, pct = _progress(node)
+            if current is not None:
+                attrs[A.CURRENT] = current
+            if total is not None:
+                attrs[A.TOTAL] = total
+            if pct is not None:
+                attrs[A.PERCENT] = pct  # what it reported: a normal exit does not make it 100
         if exc is not None:
             record_exception(span, exc)
         if node.interrupted is not None:
@@ -158,29 +199,42 @@ def notify(node: Node, text: str, attributes: dict[str, Any] | None) -> None:
     span: Span = node.span
     if span is None or not span.is_recording():
         return
-    current, total, pct = node.counters()
-    attrs: dict[str, Any] = {}
-    if current is not None:
-        attrs[A.CURRENT] = current
-    if pct is not None:
-        attrs[A.PERCENT] = pct
-    if total is not None:
-        attrs[A.TOTAL] = total
-    if attributes:
-        attrs.update(attributes)
-    span.add_event(text or "progress", attrs)
+    if node.total is not None or node.current or node.explicit_pct is not None \
+            or node.mark >= 0.0:  # it reported progress: counters() has something
+        current, total, pct = _progress(node)
+        attrs: dict[str, Any] = {}
+        if current is not None:
+            attrs[A.CURRENT] = current
+        if pct is not None:
+            attrs[A.PERCENT] = pct
+        if total is not None:
+            attrs[A.TOTAL] = total
+        if attributes:
+            attrs.update(attributes)
+        span.add_event(text or "progress", attrs)
+    else:  # nothing reported yet: no progress attributes to carry
+        span.add_event(text or "progress", attributes)
 
 
 def observer_progress(run: Run, text: str | None, percent: float, current: int | float,
                       total: int | float) -> None:
-    """An Observer update: the run span's progress attributes, and an event for a new message."""
+    """An Observer update with a new message: an event with the progress attributes.
+
+    The run span's own progress attributes are not set per update (that cost a span's worth of
+    attribute checks each time): the flusher pushes them (:func:`sync`) and the run's end sets
+    them. Only a run nobody ends (a Celery span in a worker without the task-end hook) gets them
+    with each event, as that is the last chance it has."""
+    last_chance = run.ends_on_drop and not run.owns_span
+    if text is None and not last_chance:
+        return
     span: Span = run.node.span
     if span is None or not span.is_recording():
         return
     attrs = {A.PERCENT: percent, A.CURRENT: current, A.TOTAL: total}
     if text is not None:
         span.add_event(text or "progress", attrs)
-    span.set_attributes(attrs)
+    if last_chance:
+        span.set_attributes(attrs)
 
 
 def record_failure(run: Run, exc: BaseException | None, exc_type: type[BaseException] | None,
