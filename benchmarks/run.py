@@ -443,13 +443,16 @@ def _work_function(target_s: float) -> tuple[Callable[[int], int], int]:
             return x
         return work
 
-    k = 1
-    while True:
-        work = make(k)
+    def per_item(work: Callable[[int], int]) -> float:
         t = time.perf_counter()
         for i in range(20_000):
             work(i)
-        if (time.perf_counter() - t) / 20_000 >= target_s * 1.05:
+        return (time.perf_counter() - t) / 20_000
+
+    k = 1
+    while True:  # the median of five passes: this machine's speed drifts while we calibrate
+        work = make(k)
+        if statistics.median(per_item(work) for _ in range(5)) >= target_s:
             return work, k
         k += 1
 
@@ -487,7 +490,7 @@ def scenario_updates(rounds: int, redis_url: str, items: int) -> dict[str, Any]:
     install()  # the task-end hook and the state bridge, as a worker has them
     app = _celery_app(redis_url)
     client, stats = _redis_stats(redis_url)
-    work, k = _work_function(1e-6)
+    work, k = _work_function(1.15e-6)  # >= 1 us of work per item, with a margin for drift
 
     @app.task(bind=True, name="bench.loop")
     def loop(self: Any, n: int, report: bool) -> dict[str, float]:
@@ -1211,7 +1214,9 @@ def updates_rows(res: dict[str, Any]) -> list[Row]:
                  f"(max {max(writes)}; bound {statistics.median(bound):.1f})"),
         row("4", "wall", f"wall time of {items:,} items doing {bare_us:.2f} µs of work, "
             "advance() each", "the same loop without reporting", ratios(v["advance"], v["bare"]),
-            goal="≤ 1.10x", check=lambda m: m <= 1.10),
+            goal="≤ 1.10x", check=lambda m: m <= 1.10 and bare_us >= 1.0,
+            note="" if bare_us >= 1.0 else "the work per item came out under 1 µs: not met "
+                 "by definition"),
         row("4", "cp_writes", f"celery-progress: writes per update ({res['cp_items']:,} "
             "updates, extrapolated to 1,000,000)", "one write per update",
             [w / res["cp_items"] for w in res["cp_writes"]],
@@ -1369,13 +1374,15 @@ What spans cannot give (the progress-age gauge, dropped spans) was never on the 
 REMAINING = """\
 ## What is unmet, and why
 
-- **advance() ≤ 0.5x tqdm** (row 1). `advance()` is now a `step is 1` test, one bound
-  `ContextVar.get` and one add (was: a method lookup on the ContextVar, `or`, two `__class__`
-  checks). The reference row is the floor of any per-item call: an *empty* bound method that
-  adds to an attribute already costs about 0.4x tqdm's iteration here; the per-context lookup
-  (a ContextVar, so threads, `await`s and `gather` branches keep their own innermost section)
-  costs about 0.15x more. Getting under 0.5x needs no Python call per item: `track()`, counting
-  in its generator as tqdm does (pending), or a C counter.
+- **advance() ≤ 0.5x tqdm** (row 1). `updater.advance` is now a per-updater closure: a
+  `step is 1` test, one `ContextVar.get` and one add (was: method binding, a method lookup on
+  the ContextVar, `or`, two `__class__` checks). The reference row is the floor of any
+  per-item call: an *empty* bound method that adds to an attribute costs about 0.4x tqdm's
+  iteration here, and the per-context lookup (a ContextVar, so threads, `await`s and `gather`
+  branches keep their own innermost section) about 0.1x more. Below that needs no Python call
+  per item: `track()` counting in its generator as tqdm does (pending), or a C counter. The
+  1,000,000-item loop (row 4) sits at the 1.10x line for the same reason: at 1 µs of work, the
+  one call per item is the whole overhead.
 - **Observer.update() ≤ 0.5 µs** (row 1). It no longer sets span attributes per call (5.2 µs
   before); the span is touched when the message changes, the flusher and the run's end carry the
   counters. What is left is the mastf call itself: binding six keyword-only defaults
