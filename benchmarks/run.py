@@ -1081,7 +1081,7 @@ def profile_hot_paths(seconds: float, log_dir: Path) -> dict[str, Any]:
         # only the samples inside the measured call, not imports or the receiver's threads
         marker = {"section": ("Section.__enter__", "Section.__exit__"),
                   "notify": ("TaskUpdater.notify",), "observer": ("Observer.update",),
-                  "advance": ("TaskUpdater.advance",)}[what]
+                  "advance": ("_advancer.<locals>.advance", "TaskUpdater.advance")}[what]
         inside = {s: c for s, c in stacks.items() if any(m in s for m in marker)}
         threads = {s: c for s, c in stacks.items() if "scenario_spin" not in s
                    and "_find_and_load" not in s}
@@ -1552,15 +1552,17 @@ def main() -> None:
             rows += taskcost_rows(cost)
             for variant, prof in res.get("profile", {}).items():
                 ours = sum(v for k, v in prof["shares"].items() if k in OURS)
+                own = ("" if variant != "otel_progress" else
+                       " otel_progress's own parts (final write, flusher, run creation, "
+                       "sections, notify, progress, task end, section metrics): "
+                       f"**{ours * 100:.0f} %**. py-spy charges a thread that hands work to "
+                       "another and waits (the final write) with part of the wait; the "
+                       "in-process row of target 6 is the steadier split.")
                 extra[f"Profile: a prefork child running `bench.{variant}` (py-spy, "
                       f"{prof['samples']:,} samples)"] = (
                     "Shares of the child's samples holding the GIL (`py-spy --gil`: all "
                     "threads, task, flusher, export), by what the stack was doing (first "
-                    "matching category wins). otel_progress's own parts (final write, flusher, "
-                    "run creation, sections, notify, progress, task end, section metrics): "
-                    f"**{ours * 100:.0f} %**. py-spy charges a thread that hands work to "
-                    "another and waits (the final write) with part of the wait; the "
-                    "in-process row of target 6 is the steadier split.\n\n"
+                    "matching category wins)." + own + "\n\n"
                     + shares_table(prof["shares"], 16))
         if wanted("export"):
             print("export: spans/s, a 50,000-section burst, overload ...", flush=True)
