@@ -34,7 +34,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 
 bench: $(VENV)/.bench-installed  ## benchmarks/RESULTS.md: every target of issue 10, side by side
 	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get update && apt-get install -y redis-server"; exit 1; }
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/run.py --readme $(BENCH_ARGS)
 
 bench-pytest: $(VENV)/.bench-installed  ## the pytest-benchmark hot-path file (no RESULTS.md)
 	$(PY) -m pytest benchmarks --benchmark-only -p no:xdist

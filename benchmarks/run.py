@@ -250,6 +250,22 @@ def _loop_cases(tracer: Any, n_loop: int, n_obs: int, n_event: int, n_section: i
             update("working")
         return (time.perf_counter() - t) / n_obs
 
+    class Counter:
+        n = 0
+
+        def add(self, step: int = 1) -> None:
+            self.n += step
+
+    counter = Counter()
+
+    def empty_call() -> float:
+        """The floor: a bound method that adds to an attribute, per item."""
+        add = counter.add
+        t = time.perf_counter()
+        for _ in range(n_loop):
+            add()
+        return (time.perf_counter() - t) / n_loop
+
     notify_updater = TaskUpdater(task_name="bench-notify")
 
     def notify() -> float:
@@ -287,6 +303,16 @@ def _loop_cases(tracer: Any, n_loop: int, n_obs: int, n_event: int, n_section: i
                 pass
         return (time.perf_counter() - t) / n_section
 
+    state_run = TaskUpdater(task_name="bench-state")._run
+
+    def run_state() -> float:
+        """The part of a section that is the run's state (tree, counters, seed log lines)."""
+        add, close = state_run.add_section, state_run.close_section
+        t = time.perf_counter()
+        for _ in range(n_section):
+            close(add("step", None), "succeeded", None)
+        return (time.perf_counter() - t) / n_section
+
     def raw_span() -> float:
         from opentelemetry import trace
 
@@ -300,9 +326,10 @@ def _loop_cases(tracer: Any, n_loop: int, n_obs: int, n_event: int, n_section: i
             took = time.perf_counter() - t
         return took / n_section
 
-    cases = {"bare": bare, "tqdm": tqdm_loop, "advance": advance, "bare_obs": bare_obs,
-             "observer": observer_update, "notify": notify, "add_event": add_event,
-             "section": section, "raw_span": raw_span}
+    cases = {"bare": bare, "tqdm": tqdm_loop, "advance": advance, "empty_call": empty_call,
+             "bare_obs": bare_obs, "observer": observer_update, "notify": notify,
+             "add_event": add_event, "section": section, "raw_span": raw_span,
+             "run_state": run_state}
     return cases, (loop_section, updater)
 
 
@@ -416,13 +443,16 @@ def _work_function(target_s: float) -> tuple[Callable[[int], int], int]:
             return x
         return work
 
-    k = 1
-    while True:
-        work = make(k)
+    def per_item(work: Callable[[int], int]) -> float:
         t = time.perf_counter()
         for i in range(20_000):
             work(i)
-        if (time.perf_counter() - t) / 20_000 >= target_s * 1.05:
+        return (time.perf_counter() - t) / 20_000
+
+    k = 1
+    while True:  # the median of five passes: this machine's speed drifts while we calibrate
+        work = make(k)
+        if statistics.median(per_item(work) for _ in range(5)) >= target_s:
             return work, k
         k += 1
 
@@ -460,7 +490,7 @@ def scenario_updates(rounds: int, redis_url: str, items: int) -> dict[str, Any]:
     install()  # the task-end hook and the state bridge, as a worker has them
     app = _celery_app(redis_url)
     client, stats = _redis_stats(redis_url)
-    work, k = _work_function(1e-6)
+    work, k = _work_function(1.15e-6)  # >= 1 us of work per item, with a margin for drift
 
     @app.task(bind=True, name="bench.loop")
     def loop(self: Any, n: int, report: bool) -> dict[str, float]:
@@ -680,9 +710,92 @@ def scenario_overload(spans: int) -> dict[str, Any]:
             "reported": reported, "metric": metric, "emit_s": emit_s}
 
 
+def scenario_taskcost(rounds: int, redis_url: str) -> dict[str, Any]:
+    """CPU per task of the three task bodies run eagerly in this process (real Redis result
+    backend, an SDK provider without export, OTel's Celery instrumentation and the bridge),
+    and the fixed costs a tracked task cannot avoid: its payload and its Redis round trips."""
+    from celery_progress.backend import ProgressRecorder
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    from otel_progress import TaskUpdater, _payload
+    from otel_progress import _attributes as A
+    from otel_progress.celery import ProgressInstrumentor
+
+    ProgressInstrumentor().instrument()
+    app = _celery_app(redis_url)
+    client, _ = _redis_stats(redis_url)
+    tracer = trace.get_tracer("bench.manual")
+
+    @app.task(bind=True, name="bench.ours")
+    def ours(self: Any) -> None:
+        updater = TaskUpdater(expected_sections=5)
+        for i in range(5):
+            with updater(task_name=f"part {i}"):
+                updater.progress(current=1, total=1)
+                updater.notify("part done")
+
+    @app.task(bind=True, name="bench.by_hand")
+    def by_hand(self: Any) -> None:
+        for i in range(5):
+            name = f"part {i}"
+            with tracer.start_as_current_span(name, attributes={
+                    A.SECTION_NAME: name, A.SECTION_DEPTH: 1, A.TASK_NAME: self.name}) as span:
+                span.add_event("part done", {A.CURRENT: 1, A.PERCENT: 100.0, A.TOTAL: 1})
+                span.set_attributes({A.SECTION_STATE: "succeeded", A.CURRENT: 1, A.TOTAL: 1,
+                                     A.PERCENT: 100.0})
+
+    @app.task(bind=True, name="bench.cp")
+    def cp(self: Any) -> None:
+        recorder = ProgressRecorder(self)
+        for i in range(5):
+            recorder.set_progress(i + 1, 5, description=f"part {i}")
+
+    @app.task(bind=True, name="bench.empty")
+    def empty(self: Any) -> None:
+        return None
+
+    def per_task(task: Any, n: int = 150) -> Callable[[], float]:
+        def run() -> float:
+            t = time.process_time()  # every thread of the process: the final writer too
+            for _ in range(n):
+                task.apply()
+            return (time.process_time() - t) / n
+        return run
+
+    updater = TaskUpdater(task_name="bench", expected_sections=5)
+    for i in range(5):
+        with updater(task_name=f"part {i}"):
+            updater.progress(current=1, total=1)
+            updater.notify("part done")
+    updater.insert_final_update()
+    run = updater._run
+    payload = _payload.build(run)
+    text = _payload.dumps(payload)
+
+    def build() -> float:
+        t = time.process_time()
+        for _ in range(300):
+            _payload.build(run)
+        return (time.process_time() - t) / 300
+
+    def round_trip() -> float:
+        t = time.process_time()
+        for _ in range(300):
+            client.set("bench-key", text)
+        return (time.process_time() - t) / 300
+
+    values = interleave({"ours": per_task(ours), "by_hand": per_task(by_hand),
+                         "cp": per_task(cp), "empty": per_task(empty), "build": build,
+                         "round_trip": round_trip}, rounds)
+    return {"values": values, "payload_bytes": len(text)}
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "micro": scenario_micro, "spin": scenario_spin, "updates": scenario_updates,
     "memory": scenario_memory, "export": scenario_export, "overload": scenario_overload,
+    "taskcost": scenario_taskcost,
 }
 
 
@@ -887,6 +1000,11 @@ WORKER_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+OURS = {"final write (task end)", "flusher (progress writes)", "run creation",
+        "task end hook (close run)", "section metrics", "sections (span start/end, state)",
+        "notify", "progress()"}
+
+
 def classify(stacks: dict[str, int], categories: list[tuple[str, tuple[str, ...]]],
              ) -> dict[str, float]:
     """Shares of samples per category (the first category whose marker a stack contains)."""
@@ -963,7 +1081,7 @@ def profile_hot_paths(seconds: float, log_dir: Path) -> dict[str, Any]:
         # only the samples inside the measured call, not imports or the receiver's threads
         marker = {"section": ("Section.__enter__", "Section.__exit__"),
                   "notify": ("TaskUpdater.notify",), "observer": ("Observer.update",),
-                  "advance": ("TaskUpdater.advance",)}[what]
+                  "advance": ("_advancer.<locals>.advance", "TaskUpdater.advance")}[what]
         inside = {s: c for s, c in stacks.items() if any(m in s for m in marker)}
         threads = {s: c for s, c in stacks.items() if "scenario_spin" not in s
                    and "_find_and_load" not in s}
@@ -1014,6 +1132,11 @@ def micro_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                         "tqdm's per-iteration overhead", ratios(adv, tq), goal="≤ 0.5x",
                         check=lambda m: m <= 0.5,
                         note=f"{spread(adv)[0] * 1e9:.0f} ns vs tqdm {spread(tq)[0] * 1e9:.0f} ns"))
+        if "empty_call" in v:
+            empty = overheads(v["empty_call"], v["bare"])
+            rows.append(row("1", "floor_call", "reference: an empty bound-method call per item "
+                            "(`self.n += step`)", "tqdm's per-iteration overhead",
+                            ratios(empty, tq), note="the floor of any per-item Python call"))
         rows.append(Row("1", "`track()` per item", "tqdm's per-iteration overhead", "x", None,
                         goal="≤ 0.5x", note="pending: `track()` does not exist yet",
                         key="track"))
@@ -1031,6 +1154,12 @@ def micro_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                         "raw `start_as_current_span` with a section's attributes",
                         ratios(v["section"], v["raw_span"]), goal="≤ 1.3x",
                         check=lambda m: m <= 1.3, note=_abs(v["section"], v["raw_span"])))
+        if "run_state" in v:
+            rows.append(row("3", "run_state_sdk", "reference: the run-state part of a section "
+                            "(`_run`: tree, counters, seed log lines)",
+                            "raw `start_as_current_span` with a section's attributes",
+                            ratios(v["run_state"], v["raw_span"]),
+                            note="included in the section above; outside this change's rooms"))
     api = results.get("api")
     if api:
         v = api["values"]
@@ -1038,6 +1167,11 @@ def micro_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                         "no-op `start_as_current_span`", ratios(v["section"], v["raw_span"]),
                         goal="≤ 1.3x", check=lambda m: m <= 1.3,
                         note=_abs(v["section"], v["raw_span"])))
+        if "run_state" in v:
+            rows.append(row("3", "run_state_api", "reference: the run-state part of a section "
+                            "(API only)", "no-op `start_as_current_span`",
+                            ratios(v["run_state"], v["raw_span"]),
+                            note="included in the section above; outside this change's rooms"))
     for kind, label in (("configure", "metrics on"), ("configure-nometrics", "metrics off")):
         res = results.get(kind)
         if not res:
@@ -1080,7 +1214,9 @@ def updates_rows(res: dict[str, Any]) -> list[Row]:
                  f"(max {max(writes)}; bound {statistics.median(bound):.1f})"),
         row("4", "wall", f"wall time of {items:,} items doing {bare_us:.2f} µs of work, "
             "advance() each", "the same loop without reporting", ratios(v["advance"], v["bare"]),
-            goal="≤ 1.10x", check=lambda m: m <= 1.10),
+            goal="≤ 1.10x", check=lambda m: m <= 1.10 and bare_us >= 1.0,
+            note="" if bare_us >= 1.0 else "the work per item came out under 1 µs: not met "
+                 "by definition"),
         row("4", "cp_writes", f"celery-progress: writes per update ({res['cp_items']:,} "
             "updates, extrapolated to 1,000,000)", "one write per update",
             [w / res["cp_items"] for w in res["cp_writes"]],
@@ -1096,21 +1232,25 @@ def updates_rows(res: dict[str, Any]) -> list[Row]:
 
 
 def memory_rows(res: dict[str, Any]) -> list[Row]:
-    rss = res["rss"]
-    notify_growth = (rss["notify 1000000"] - rss["notify 10000"]) / MiB
-    section_growth = (rss["sections 10000"] - rss["sections 1000"]) / MiB
+    rss = {k: v / MiB for k, v in res["rss"].items()}
     payload = max(res["payload_max"], res.get("final_payload") or 0)
+    notes_all = rss["notify 1000000"] - rss["notify 10000"]
+    notes_late = rss["notify 1000000"] - rss["notify 500000"]
+    sections_all = rss["sections 10000"] - rss["notify 1000000"]
+    sections_late = rss["sections 10000"] - rss["sections 5000"]
     return [
         Row("5", "payload size, 1,000,000 notifications + 10,000 sections (largest seen)",
             "16 KiB", " KiB", payload / 1024, goal="< 16 KiB", met=payload < 16 * 1024,
             note=f"final payload {res.get('final_payload')} bytes", key="payload"),
-        Row("5", "RSS growth over 990,000 notifications (10,000 → 1,000,000)",
-            "RSS after 10,000", " MiB", notify_growth, goal="flat (< 2 MiB)",
-            met=notify_growth < 2, note=f"{rss['notify 10000'] / MiB:.0f} MiB after 10,000",
-            key="rss_notify"),
-        Row("5", "RSS growth over 9,000 sections (1,000 → 10,000)", "RSS after 1,000 sections",
-            " MiB", section_growth, goal="flat (< 2 MiB)", met=section_growth < 2,
-            note=f"{res['spans_received']:,} spans exported, {res['dropped']} dropped",
+        Row("5", "RSS growth, notifications 500,000 → 1,000,000 (flat: no growth per item)",
+            "RSS at 500,000", " MiB", notes_late, goal="flat (< 1 MiB)", met=notes_late < 1,
+            note=f"{notes_all:.2f} MiB over 10,000 → 1,000,000; "
+                 f"{rss['notify 10000']:.0f} MiB after 10,000", key="rss_notify"),
+        Row("5", "RSS growth, sections 5,000 → 10,000 in the same task (flat: no growth per "
+            "section)", "RSS at 5,000 sections", " MiB", sections_late, goal="flat (< 1 MiB)",
+            met=sections_late < 1,
+            note=f"{sections_all:.2f} MiB over all 10,000 (the SDK's export queue fills "
+                 f"first); {res['spans_received']:,} spans exported, {res['dropped']} dropped",
             key="rss_sections"),
     ]
 
@@ -1123,7 +1263,7 @@ def worker_rows(res: dict[str, Any]) -> list[Row]:
             ratios(ours["tps"], manual["tps"]), goal="≥ 0.9x", check=lambda m: m >= 0.9,
             note=f"{statistics.median(ours['tps']):.0f} vs "
                  f"{statistics.median(manual['tps']):.0f} tasks/s"),
-        row("6", "cpu_manual", "CPU ms per task, all processes (worker, Redis, producer + "
+        row("6", "cpu_manual", "CPU ms per task, all processes (worker, Redis, producer, "
             "receiver): by hand / otel_progress", "otel_progress's CPU per task",
             ratios(manual["cpu_ms"], ours["cpu_ms"]), goal="≥ 0.9x", check=lambda m: m >= 0.9,
             note=f"{statistics.median(ours['cpu_ms']):.2f} vs "
@@ -1143,6 +1283,24 @@ def worker_rows(res: dict[str, Any]) -> list[Row]:
                  f"{statistics.median(cp['worker_cpu_ms']):.2f})"),
     ]
     return rows
+
+
+def taskcost_rows(res: dict[str, Any]) -> list[Row]:
+    v = res["values"]
+    ours = overheads(v["ours"], v["empty"])
+    hand = overheads(v["by_hand"], v["empty"])
+    cp = overheads(v["cp"], v["empty"])
+    us = statistics.median
+    return [
+        row("6", "task_cpu_ours", "reference: CPU a task body adds to an empty task, eager in "
+            "one process (real Redis, SDK without export), otel_progress", "absolute",
+            [o * 1e6 for o in ours], unit=" µs",
+            note=f"by hand {us(hand) * 1e6:.0f} µs, celery-progress {us(cp) * 1e6:.0f} µs; of "
+                 f"ours, fixed per task: payload build {us(v['build']) * 1e6:.0f} µs, one Redis "
+                 f"round trip {us(v['round_trip']) * 1e6:.0f} µs CPU (queued + final: two)"),
+        row("6", "task_cpu_cp", "the same: celery-progress's added CPU / otel_progress's",
+            "otel_progress's", ratios(cp, ours), note="5 result-backend writes per task"),
+    ]
 
 
 def export_rows(res: dict[str, Any], overload: dict[str, Any] | None) -> list[Row]:
@@ -1188,24 +1346,68 @@ def pending_rows() -> list[Row]:
 
 
 METRICS_DECISION = """\
-### Section metrics: what was measured and chosen
+## Section metrics: measured, and chosen
 
-With the SDK in use here, one `Counter.add` and one `Histogram.record` each cost about what a whole
-span costs (the SDK cleans and hashes the attributes of every measurement); recording both at every
-section end was most of a section's overhead once `configure()` had set up its MeterProvider.
-Three options were measured: (a) record in the task thread (before), (b) derive counts and
-durations from spans in the collector (`spanmetrics`) and drop the two instruments, (c) keep both
-instruments and move them off the hot path. Chosen: **(c)**. A section end appends
-`(labels, duration)` to a bounded in-process queue (a deque append, no SDK call); the queue is
-drained on the flusher thread, at every metric collection (the progress-age gauge's callback
-runs first in a collection) and at shutdown. The counter is added once per label set per drain
-(its cost no longer scales with sections); each duration is still one `record()` call, off the
-task's thread, so its CPU is still spent: the "plus what it left to record" row reports it.
-Why not (b): the section counter, the duration histogram and their documented buckets are
-public (README, collector alert rules, tests), and spanmetrics needs a collector that not every
-user runs; (c) keeps the metrics exact (same names, labels, counts, buckets, sums) while the
-task pays almost nothing for them. What spans cannot give (the progress-age gauge, dropped spans)
-was never on the hot path.
+With the SDK in use here, one `Counter.add` and one `Histogram.record` each cost about what a
+span costs (the SDK cleans and hashes the attributes of every measurement): recording both at
+each section's end made a section with `configure()`'s MeterProvider cost 1.8x the same raw span
+(the "before" column), against 1.2x with metrics off. Three ways were weighed:
+
+- (a) record in the task's thread: what it was.
+- (b) drop the two instruments and derive section counts and durations from spans in the
+  collector (`spanmetrics` already does). Cheapest for the task, but the counter, the histogram
+  and its buckets are public (README, the collector's alert rules, tests), and spanmetrics needs
+  a collector configured for it that not every user runs.
+- (c) keep both, exactly, and take them off the hot path. **Chosen.** A section's end appends
+  `(task, section, status, duration)` to a queue (a deque append); `_metrics.drain()` records
+  the queue on the flusher thread, in every metric collection (the progress-age gauge's callback
+  runs before a collection reads the instruments, so nothing finished is missed) and at
+  shutdown. The counter is added once per label set per drain, so its cost no longer grows with
+  sections; each duration is still one `record()`, off the task's thread: the row "plus the
+  metrics it left to record" charges that deferred cost back to the section loop. Same names,
+  labels, counts, buckets and sums; what changes is when they are recorded (and that a
+  histogram point no longer carries the section span as an exemplar).
+
+What spans cannot give (the progress-age gauge, dropped spans) was never on the hot path.
+"""
+
+REMAINING = """\
+## What is unmet, and why
+
+- **advance() ≤ 0.5x tqdm** (row 1). `updater.advance` is now a per-updater closure: a
+  `step is 1` test, one `ContextVar.get` and one add (was: method binding, a method lookup on
+  the ContextVar, `or`, two `__class__` checks). The reference row is the floor of any
+  per-item call: an *empty* bound method that adds to an attribute costs about 0.4x tqdm's
+  iteration here, and the per-context lookup (a ContextVar, so threads, `await`s and `gather`
+  branches keep their own innermost section) about 0.1x more. Below that needs no Python call
+  per item: `track()` counting in its generator as tqdm does (pending), or a C counter. The
+  1,000,000-item loop (row 4) sits at the 1.10x line for the same reason: at 1 µs of work, the
+  one call per item is the whole overhead.
+- **Observer.update() ≤ 0.5 µs** (row 1). It no longer sets span attributes per call (5.2 µs
+  before); the span is touched when the message changes, the flusher and the run's end carry the
+  counters. What is left is the mastf call itself: binding six keyword-only defaults
+  (~0.15 µs here), the fresh `meta` dict it returns (~0.17 µs), the run's counters, description
+  and timestamp (payload and progress-age gauge, ~0.12 µs) and the percent arithmetic.
+- **notify() ≤ 1.2x add_event** (row 2). The SDK's event is most of the cost; otel_progress
+  adds the seed log line and description (`Run.note` in `_run`, ~0.6 µs), the percent with its
+  never-backwards mark (now rounded without `round(x, 2)`, which alone cost ~0.3 µs), and the
+  keyword-argument dict.
+- **A section ≤ 1.3x a raw span, SDK and API only** (row 3). The reference rows are the run
+  state a section keeps for the payload and the seed log (`_run.add_section`/`close_section`:
+  tree, counters, three log lines with the seed's "Time spent"): ~0.15x of an SDK span and
+  ~0.7x of a no-op span by itself, and `_run` is outside this change. With metrics on (the row
+  that regressed most) the section now costs what it costs with metrics off.
+- **Worker ≥ 0.9x hand-written spans, ≥ 1.5x celery-progress** (row 6). A tracked task makes
+  two result-backend round trips a hand-written one does not, the `queued` payload at publish
+  and the final payload before Celery stores the result (DECISIONS 11-13, 26), and builds its
+  payload (`_payload.build`: tree, ISO timestamps, log, 16 KiB fit). The in-process reference
+  row shows their weight without worker noise: one round trip's client CPU and one payload
+  build are most of what otel_progress adds to a task beyond the hand-written spans. Progress
+  writes during short tasks (< `min_interval`) are gone; the rest lives in `_payload` and
+  `_celery`, outside this change. celery-progress's 5 writes per task cost it 2x otel_progress's
+  added CPU in process, but on the worker Celery's own per-task work dilutes that to ~1.2x.
+- **RSS**: flat for both (the second half of each run grows by nothing); the first sections of
+  a task grow RSS by a few MiB while the SDK's export queue (8,192 spans) fills.
 """
 
 
@@ -1232,10 +1434,47 @@ def write_report(path: Path, info: dict[str, str], rows: list[Row], extra: dict[
             cells.append(Row(**b).figure() if b else "—")
         cells += [r.figure(), r.goal or "—", met, r.note]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", METRICS_DECISION]
+    lines += ["", METRICS_DECISION, REMAINING]
     for title, body in extra.items():
         lines += [f"## {title}", "", body, ""]
     path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+README_ROWS: list[tuple[str, str]] = [
+    ("advance", "`advance()` per item / tqdm's per-iteration overhead"),
+    ("observer_us", "`Observer.update()` with increment"),
+    ("notify", "`notify()` / raw `span.add_event` with the same attributes"),
+    ("section_sdk", "a section / raw `start_as_current_span` (SDK)"),
+    ("section_api", "a section / no-op span (API only)"),
+    ("section_configure", "a section / raw span, `configure()` with metrics"),
+    ("wall", "1,000,000 `advance()` in a loop doing ≥ 1 µs of work / the bare loop"),
+    ("writes", "backend writes / (duration ÷ min_interval + 3)"),
+    ("tps_manual", "worker tasks/s / hand-written spans and events"),
+    ("tps_cp", "worker tasks/s / celery-progress"),
+]
+README_START = "<!-- benchmarks:start (benchmarks/run.py --readme writes this table) -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def update_readme(rows: list[Row]) -> None:
+    """Rewrite the README's Performance table from this run's rows."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    by_key = {r.key: r for r in rows}
+    lines = [README_START, "",
+             "| measured side by side, same process | median [min–max] | target |",
+             "|---|---|---|"]
+    for key, label in README_ROWS:
+        r = by_key.get(key)
+        if r is not None and r.median is not None:
+            mark = "" if r.met is None else (" ✓" if r.met else " ✗")
+            lines.append(f"| {label} | {r.figure()} | {r.goal}{mark} |")
+    lines += ["", README_END]
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + "\n".join(lines) + tail)
 
 
 def shares_table(shares: dict[str, float], limit: int = 12) -> str:
@@ -1261,6 +1500,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=150, help="tasks per worker round")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--keep", help="keep logs and py-spy profiles in this directory")
+    parser.add_argument("--readme", action="store_true", help="update README's Performance table")
     ns = parser.parse_args()
     if ns.scenario:
         result = SCENARIOS[ns.scenario](**json.loads(ns.args))
@@ -1306,11 +1546,23 @@ def main() -> None:
                                    profile_s=8 if wanted("profile") else 0)
             raw["worker"] = res
             rows += worker_rows(res)
+            print("worker: task bodies in-process, CPU per task ...", flush=True)
+            cost = child("taskcost", {"rounds": ns.rounds, "redis_url": redis.url})
+            raw["taskcost"] = cost
+            rows += taskcost_rows(cost)
             for variant, prof in res.get("profile", {}).items():
+                ours = sum(v for k, v in prof["shares"].items() if k in OURS)
+                own = ("" if variant != "otel_progress" else
+                       " otel_progress's own parts (final write, flusher, run creation, "
+                       "sections, notify, progress, task end, section metrics): "
+                       f"**{ours * 100:.0f} %**. py-spy charges a thread that hands work to "
+                       "another and waits (the final write) with part of the wait; the "
+                       "in-process row of target 6 is the steadier split.")
                 extra[f"Profile: a prefork child running `bench.{variant}` (py-spy, "
                       f"{prof['samples']:,} samples)"] = (
-                    "Shares of the child's samples (all threads: task, flusher, export), by "
-                    "what the stack was doing (outermost match wins):\n\n"
+                    "Shares of the child's samples holding the GIL (`py-spy --gil`: all "
+                    "threads, task, flusher, export), by what the stack was doing (first "
+                    "matching category wins)." + own + "\n\n"
                     + shares_table(prof["shares"], 16))
         if wanted("export"):
             print("export: spans/s, a 50,000-section burst, overload ...", flush=True)
@@ -1325,8 +1577,10 @@ def main() -> None:
             for what, p in prof.items():
                 extra[f"Profile: `{what}` in a loop (py-spy, configure() on, "
                       f"{p['samples']:,} samples in the call)"] = (
-                    "Where the call's time goes, by the module of the innermost frame:\n\n"
-                    + shares_table(p["self"]))
+                    "Where the call's time goes, by the module of the innermost frame"
+                    + (" (a section loop outside Celery has no flusher: its queued metrics "
+                       "are recorded inline every 1,024 sections, hence \"SDK metrics\")"
+                       if what == "section" else "") + ":\n\n" + shares_table(p["self"]))
         if wanted("pending"):
             rows += pending_rows()
     took = time.monotonic() - started
@@ -1340,6 +1594,8 @@ def main() -> None:
         Path(ns.save_baseline).write_text(json.dumps(
             {"commit": info["commit"], "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     write_report(Path(ns.out), info, rows, extra, baseline, ns.rounds)
+    if ns.readme:
+        update_readme(rows)
     (Path(ns.out).with_suffix(".json")).write_text(json.dumps(raw, indent=1, default=str) + "\n")
     print(f"wrote {ns.out} in {took:.0f} s", flush=True)
 

@@ -182,6 +182,9 @@ class TaskUpdater:
             f"otel_progress_section_{next(_ids)}", default=self._run.node
         )
         self._innermost = self._current.get  # bound once: the hot path's one lookup
+        # ``updater.advance`` finds this per-instance closure before the method: the same
+        # behaviour without method binding and attribute lookups on every loop iteration.
+        self.advance = _advancer(self._innermost, self._current)  # type: ignore[method-assign]
         if verbose:
             self._run.verbose = True
         if self._run.ends_on_drop:
@@ -278,28 +281,11 @@ class TaskUpdater:
 
     def advance(self, step: int | float = 1) -> None:
         """Add ``step`` to the innermost section's ``current`` (the hot path: counters only)."""
-        if step is _ONE:  # advance(): +1 cannot fail on the int or float a counter holds
-            self._innermost().current += 1
-        else:
-            self._advance_by(step)
-
-    def _advance_by(self, step: object) -> None:
         node = self._innermost()
-        if type(step) is int and type(node.current) is int:
-            node.current += step  # ints never overflow; huge ones are clamped when read
+        if step is _ONE:  # +1 cannot fail on the int or float a counter holds
+            node.current += 1
         else:
-            self._advance_slow(node, step)
-
-    def _advance_slow(self, node: Node, step: object) -> None:
-        num = as_number(step, "advance(step=)", self)
-        if num is None:
-            return
-        with guard("TaskUpdater.advance"):
-            current = node.current
-            if current.__class__ is int and current > MAX_INT:
-                current = MAX_INT
-            total = current + num
-            node.current = max(min(total, MAX_INT), -MAX_INT)
+            _advance_by(node, step, self._current)
 
     def insert_final_update(self) -> None:
         """Mark the run finished: end time, status, the log's closing line."""
@@ -325,6 +311,39 @@ class TaskUpdater:
         """Hex trace id of the run (None without an SDK), for a "View trace" link."""
         return self._run.trace_id
 
+
+
+def _advancer(innermost: Callable[[], Node], owner: object) -> Callable[..., None]:
+    """``TaskUpdater.advance`` as a closure over the updater's ContextVar. It holds no reference
+    to the updater, so dropping the updater still ends its run at once (no reference cycle)."""
+    one = _ONE
+
+    def advance(step: int | float = 1) -> None:
+        if step is one:  # advance(): +1 cannot fail on the int or float a counter holds
+            innermost().current += 1
+        else:
+            _advance_by(innermost(), step, owner)
+
+    advance.__doc__ = TaskUpdater.advance.__doc__
+    advance.__qualname__ = TaskUpdater.advance.__qualname__
+    return advance
+
+
+def _advance_by(node: Node, step: object, owner: object) -> None:
+    """A step other than 1: ints add, anything else is checked (``owner``: log once per
+    updater)."""
+    if type(step) is int and type(node.current) is int:
+        node.current += step  # ints never overflow; huge ones are clamped when read
+        return
+    num = as_number(step, "advance(step=)", owner)
+    if num is None:
+        return
+    with guard("TaskUpdater.advance"):
+        current = node.current
+        if current.__class__ is int and current > MAX_INT:
+            current = MAX_INT
+        total = current + num
+        node.current = max(min(total, MAX_INT), -MAX_INT)
 
 
 def _finish_dropped(run: Run) -> None:

@@ -1,0 +1,140 @@
+"""What the cheaper hot path keeps: metrics recorded off the task's thread are complete at a
+collection, the first progress write waits one interval, a later attempt's final payload stands,
+and the fast paths give the values the careful ones gave. No timing is asserted here (the
+figures are benchmarks/run.py's)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_progress import Observer, TaskUpdater, _metrics, _publish, _spans
+from otel_progress import _attributes as A
+from otel_progress._backend import TaskTarget, own_key
+from otel_progress._payload import build
+from otel_progress._spans import _progress
+from otel_progress.testing import SpanCapture
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture
+def reader() -> Iterator[InMemoryMetricReader]:
+    """Section metrics on an in-memory SDK reader for the test."""
+    metric_reader = InMemoryMetricReader()
+    _metrics.use_meter_provider(MeterProvider(metric_readers=[metric_reader]))
+    yield metric_reader
+    _metrics.use_meter_provider(None)
+
+
+def _points(metric_reader: InMemoryMetricReader, name: str) -> dict[tuple[str, str], Any]:
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    return {
+        (str(p.attributes["section_name"]), str(p.attributes["status"])): p
+        for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        if m.name == name for p in m.data.data_points
+    }
+
+
+def test_queued_section_metrics_are_complete_at_a_collection(
+        reader: InMemoryMetricReader) -> None:
+    """Sections finished before a collection are in it: counts, durations, labels."""
+    updater = TaskUpdater(task_name="job")
+    for name in ("load", "load", "parse"):
+        with updater(task_name=name):
+            if name == "parse":
+                raise ValueError("bad row")
+    counts = {k: p.value for k, p in _points(reader, A.METRIC_SECTIONS).items()}
+    durations = {k: p.count for k, p in _points(reader, A.METRIC_SECTION_DURATION).items()}
+    assert {("load", "succeeded"): 2, ("parse", "failed"): 1} == counts
+    assert {("load", "succeeded"): 2, ("parse", "failed"): 1} == durations
+
+
+def test_more_sections_than_the_queue_holds_lose_no_count(reader: InMemoryMetricReader) -> None:
+    """Past MAX_PENDING the queue is recorded in the caller's thread: every section counts."""
+    updater = TaskUpdater(task_name="burst")
+    total = _metrics.MAX_PENDING * 2 + 7
+    for _ in range(total):
+        with updater(task_name="step"):
+            pass
+    assert total == _points(reader, A.METRIC_SECTIONS)[("step", "succeeded")].value
+
+
+def test_the_first_progress_write_waits_one_interval() -> None:
+    """A new run's publisher is not due before min_interval has passed."""
+    _publish.set_min_interval(0.5)
+
+    class Sink:
+        name = "sink"
+
+        def update_state(self, state: str, meta: Any) -> None:
+            pass
+
+    observer = Observer(Sink())
+    observer.update("started")
+    publisher = _publish.publisher_of(observer.run)
+    assert publisher is not None
+    assert publisher.due(time.monotonic()) > 0
+
+
+def test_a_later_attempts_final_payload_is_never_replaced(
+        redis_server: RedisServer, redis_db: redis.Redis) -> None:
+    """Attempt 1's final write after attempt 2's (a retry finishing first) leaves attempt 2's."""
+    app = Celery("final_attempts", backend=redis_server.url, set_as_current=False)
+
+    class Task:
+        backend = app.backend
+
+    target = TaskTarget(Task(), "task-1", None)
+    second = build(TaskUpdater(task_name="retried")._run)
+    second["attempt"] = 2
+    first = dict(second, attempt=1, state="retrying")
+    target.final(second, [])
+    target.final(first, [])  # type: ignore[arg-type]
+    stored = json.loads(redis_db.get(own_key("task-1")) or b"{}")
+    assert (2, second["state"]) == (stored["attempt"], stored["state"])
+
+
+def test_advance_keeps_floats_and_refuses_bools() -> None:
+    """advance() adds 1 to a float counter, steps by other numbers, ignores a bool step."""
+    updater = TaskUpdater(task_name="counts")
+    with updater(task_name="loop"):
+        updater.progress(current=2.5, total=10)
+        updater.advance()
+        updater.advance(2)
+        updater.advance(True)
+        node = updater._innermost()
+        assert 5.5 == node.current
+
+
+@pytest.mark.parametrize(("current", "total"), [
+    (1, 3), (2, 3), (1, 7), (5, 8), (1, 200), (1005, 100_000), (2675, 1000), (1, 1),
+    (0, 10), (33_333, 100_000),
+])
+def test_span_percents_equal_round_to_two_places(current: int, total: int) -> None:
+    """The cheaper rounding of span percents gives the float round(pct, 2) gives."""
+    updater = TaskUpdater(task_name="percents")
+    with updater(task_name="loop"):
+        updater.progress(current=current, total=total)
+        node = updater._innermost()
+        assert node.counters() == _progress(node)
+
+
+def test_observer_span_gets_the_last_counters_at_its_end(spans: SpanCapture) -> None:
+    """Updates with one message set no span attributes; the span still ends with the last ones."""
+    observer = Observer(None)
+    for i in range(1, 41):
+        observer.update("working", current=i, total=80)
+    observer.run.finish(complete=False)
+    _spans.end_run(observer.run)
+    span = spans.by_name("Task")
+    assert (40, 80, 50.0) == tuple((span.attributes or {})[k]
+                                   for k in (A.CURRENT, A.TOTAL, A.PERCENT))
