@@ -11,8 +11,9 @@ their rounds. The shared 2-core machines drift by up to 2x, so only ratios taken
 round, and CPU per task, are compared; absolute figures are printed for context.
 
 Options: ``--rounds N`` (default 15), ``--only a,b`` (micro, updates, memory, export, worker,
-profile, pending), ``--save-baseline FILE`` (keep this run's figures as the "before" column),
-``--baseline FILE`` (show it; default ``benchmarks/baseline.json`` when present), ``--out``.
+profile, endpoint, pending), ``--save-baseline FILE`` (keep this run's figures as the "before"
+column), ``--baseline FILE`` (show it; default ``benchmarks/baseline.json`` when present),
+``--out``.
 """
 
 from __future__ import annotations
@@ -792,10 +793,113 @@ def scenario_taskcost(rounds: int, redis_url: str) -> dict[str, Any]:
     return {"values": values, "payload_bytes": len(text)}
 
 
+async def _load(port: int, path: str, clients: int, seconds: float) -> dict[str, int]:
+    """``clients`` keep-alive HTTP/1.1 connections sending ``GET path`` back to back for
+    ``seconds``: answers by status code. A raw asyncio client: a few µs per request, so the
+    server, not the client, is what is measured."""
+    import asyncio
+
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").encode()
+    counts: dict[str, int] = {}
+
+    async def client(deadline: float) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline:
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await asyncio.wait_for(reader.readexactly(length), 10)
+                status = head[9:12].decode()
+                counts[status] = counts.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    deadline = time.monotonic() + seconds
+    await asyncio.gather(*(client(deadline) for _ in range(clients)))
+    return counts
+
+
+def scenario_endpoint(rounds: int, redis_url: str, clients: int = 50,
+                      seconds: float = 2.0) -> dict[str, Any]:
+    """``GET /tasks/<id>`` requests/s under ``clients`` concurrent clients against uvicorn on
+    loopback, beside celery-progress's view over the same Redis in the same server. The task
+    read is a running one (a section open, its progress written by the flusher)."""
+    import asyncio
+    import threading
+
+    from otel_progress import TaskUpdater
+    from otel_progress.celery import ProgressInstrumentor
+    from tests.support.web import free_port
+
+    ProgressInstrumentor().instrument()
+    app = _celery_app(redis_url)
+    release = threading.Event()
+
+    @app.task(bind=True, name="bench.endpoint")
+    def running(self: Any) -> None:
+        updater = TaskUpdater(expected_sections=2)
+        with updater(task_name="download"):
+            updater.progress(current=40, total=100)
+            updater.notify("fetched 40 of 100 files")
+            release.wait(600)
+
+    task_id = "bench-endpoint-" + os.urandom(4).hex()
+    worker = threading.Thread(target=lambda: running.apply(task_id=task_id), daemon=True)
+    worker.start()
+    port = free_port()
+    env = _child_env({"OTEL_PROGRESS_TEST_REDIS_URL": redis_url})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.endpoint_app:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=REPO, env=env)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 30
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:  # the server is up and the payload is written
+            with contextlib.suppress(httpx.HTTPError):
+                answer = httpx.get(f"http://127.0.0.1:{port}/tasks/{task_id}", timeout=2)
+                body = answer.json()
+                if body.get("state") == "running" and body.get("sections"):
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the status endpoint never served the running task: {body}")
+        anchor_body = httpx.get(f"http://127.0.0.1:{port}/anchor/{task_id}", timeout=2).json()
+        statuses: dict[str, dict[str, int]] = {"ours": {}, "anchor": {}}
+
+        def case(path: str, key: str) -> Callable[[], float]:
+            def measure() -> float:
+                counts = asyncio.run(_load(port, path, clients, seconds))
+                for status, n in counts.items():
+                    statuses[key][status] = statuses[key].get(status, 0) + n
+                return counts.get("200", 0) / seconds
+            return measure
+
+        values = interleave({"ours": case(f"/tasks/{task_id}", "ours"),
+                             "anchor": case(f"/anchor/{task_id}", "anchor")}, rounds)
+        return {"values": values, "statuses": statuses, "clients": clients,
+                "payload_bytes": len(json.dumps(body)), "anchor_state": anchor_body.get("state")}
+    finally:
+        release.set()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        worker.join(10)
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "micro": scenario_micro, "spin": scenario_spin, "updates": scenario_updates,
     "memory": scenario_memory, "export": scenario_export, "overload": scenario_overload,
-    "taskcost": scenario_taskcost,
+    "taskcost": scenario_taskcost, "endpoint": scenario_endpoint,
 }
 
 
@@ -1331,11 +1435,22 @@ def export_rows(res: dict[str, Any], overload: dict[str, Any] | None) -> list[Ro
     return rows
 
 
+def endpoint_rows(res: dict[str, Any]) -> list[Row]:
+    ours, anchor = res["values"]["ours"], res["values"]["anchor"]
+    other = {k: sum(n for s, n in v.items() if s != "200") for k, v in res["statuses"].items()}
+    return [row("8", "endpoint_rps", f"`GET /tasks/<id>` requests/s, {res['clients']} clients, "
+                "uvicorn on loopback (a running task)",
+                "celery-progress's view over the same Redis, same server and clients",
+                ratios(ours, anchor),
+                note=f"{statistics.median(ours):,.0f} vs {statistics.median(anchor):,.0f} "
+                     f"requests/s; answers other than 200: {other['ours']} vs {other['anchor']} "
+                     f"({res['statuses']['ours']}); "
+                     f"payload {res['payload_bytes']:,} bytes")]
+
+
 def pending_rows() -> list[Row]:
     rows = []
-    for module, what in (("otel_progress.history", "history index: per-task cost"),
-                         ("otel_progress.web", "`GET /tasks/<id>` requests/s, 50 clients, "
-                          "uvicorn on loopback")):
+    for module, what in (("otel_progress.history", "history index: per-task cost"),):
         try:
             importlib.import_module(module)
             note = f"`{module}` exists: benchmark not written yet"
@@ -1581,6 +1696,11 @@ def main() -> None:
                     + (" (a section loop outside Celery has no flusher: its queued metrics "
                        "are recorded inline every 1,024 sections, hence \"SDK metrics\")"
                        if what == "section" else "") + ":\n\n" + shares_table(p["self"]))
+        if wanted("endpoint"):
+            print("endpoint: GET /tasks/<id> under 50 clients ...", flush=True)
+            res = child("endpoint", {"rounds": ns.rounds, "redis_url": redis.url})
+            raw["endpoint"] = res
+            rows += endpoint_rows(res)
         if wanted("pending"):
             rows += pending_rows()
     took = time.monotonic() - started

@@ -12,6 +12,7 @@ implement is declared here too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -164,8 +165,12 @@ class _Redis:
         params["retry_on_timeout"] = False
         params["retry"] = Retry(NoBackoff(), 0)
         params.pop("max_connections", None)
-        self.client = redis.Redis(connection_pool=redis.ConnectionPool(max_connections=32,
-                                                                       **params))
+        # Blocking: the 33rd concurrent caller (a status app's threadpool holds 40) waits for a
+        # free connection, bounded by the same timeout, instead of failing at once with "Too
+        # many connections" (which read as 503s under 50 polling clients).
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            max_connections=32, timeout=params["socket_timeout"], **params)
+        self.client = redis.Redis(connection_pool=pool)
         self.script = self.client.register_script(_PROGRESS_LUA)
         self.final_script = self.client.register_script(_FINAL_LUA)
         self.loaded = False
@@ -181,9 +186,14 @@ def _redis(backend: Any) -> _Redis | None:
     if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
         return None
     # Celery makes a backend object per thread: key by what the connection is made of, not by
-    # id() (a collected backend's id can be reused by one with other settings).
-    params: Any = getattr(backend, "connparams", {})
-    key = hash((repr(sorted(params.items(), key=str)), getattr(backend, "serializer", None)))
+    # id() (a collected backend's id can be reused by one with other settings). The key is
+    # kept on the backend object: computing it cost ~20 us per status read.
+    key = getattr(backend, "_otel_progress_key", None)
+    if key is None:
+        params: Any = getattr(backend, "connparams", {})
+        key = hash((repr(sorted(params.items(), key=str)), getattr(backend, "serializer", None)))
+        with contextlib.suppress(Exception):  # a backend class with __slots__: recompute
+            backend._otel_progress_key = key  # type: ignore[attr-defined]
     client = _clients.get(key, False)
     if client is False:
         with _clients_lock:

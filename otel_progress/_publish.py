@@ -256,7 +256,11 @@ def final_write(run: Run, timeout: float = FINAL_TIMEOUT) -> None:
     if pub is None:
         return
     deadline = time.monotonic() + timeout
-    future = _final_writer().submit(lambda: pub.final(deadline - time.monotonic()))
+    try:
+        future = _final_writer().submit(lambda: pub.final(deadline - time.monotonic()))
+    except RuntimeError:  # the interpreter is shutting down: no new work for threads
+        pub.final(timeout)  # inline, bounded by the client's own timeouts; never lost
+        return
     try:
         future.result(max(deadline - time.monotonic(), 0.0))
     except FutureTimeout:
