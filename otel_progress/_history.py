@@ -206,12 +206,16 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_EPOCH: Final = re.compile(r"^\d{9,}(?:\.\d+)?$")
 _UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """A point in time: ``30d`` / ``12h`` / ``15m`` / ``90s`` / ``2w`` ago, or ISO-8601 (a date
-    or a date and time; without an offset it is UTC). :class:`BadQuery` otherwise."""
+    """A point in time: ``30d`` / ``12h`` / ``15m`` / ``90s`` / ``2w`` ago, ISO-8601 (a date
+    or a date and time; without an offset it is UTC) or epoch seconds. :class:`BadQuery`
+    otherwise."""
+    if _EPOCH.match(text):
+        return float(text)
     match = _DURATION.match(text)
     if match:
         return (time.time() if now is None else now) - float(match[1]) * _UNITS[match[2]]

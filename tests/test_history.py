@@ -4,6 +4,8 @@ HTTP, the CLI's exports; the same suite against the Redis and the SQLite store."
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import re
 import threading
 import time
@@ -13,18 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from otel_progress.history import (
     ROW_KEYS,
     RedisHistory,
     SQLiteHistory,
+    read_csv,
     store_from_url,
 )
 from tests.apps import history_app
 from tests.support.celery_worker import CeleryWorker, internal_errors
 from tests.support.redis_server import RedisServer
-from tests.support.web import free_port, wait_for
+from tests.support.web import UvicornServer, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -362,3 +366,150 @@ def test_tasks_succeed_when_the_store_is_down(celery_worker_factory: Any,
     assert time.monotonic() - started < 20
     warnings = worker.log_text().count("cannot write the task history")
     assert 1 == warnings
+
+
+@pytest.fixture(scope="module")
+def served(ran: Setup) -> Iterator[tuple[str, list[Any]]]:
+    """The status app over HTTP on loopback; its authorize hook records every task id asked."""
+    from otel_progress.web import create_app
+
+    asked: list[Any] = []
+
+    def authorize(request: Any, task_id: Any) -> bool:
+        asked.append(task_id)
+        return request.headers.get("x-refuse") is None
+
+    with UvicornServer(create_app(ran.producer, authorize=authorize)) as server:
+        yield server.url, asked
+
+
+def test_the_list_route_pages_through_a_filter(ran: Setup,
+                                               served: tuple[str, list[Any]]) -> None:
+    """GET /tasks?state=failed&limit=7 pages through every failed run, newest first."""
+    base, _ = served
+    seen: list[dict[str, Any]] = []
+    with httpx.Client(timeout=10) as client:
+        response = client.get(f"{base}/tasks", params={"state": "failed", "limit": "7"})
+        for _ in range(20):
+            assert (200, "no-store") == (response.status_code,
+                                         response.headers["cache-control"])
+            body = response.json()
+            assert ["next_cursor", "tasks"] == sorted(body)
+            seen += body["tasks"]
+            if body["next_cursor"] is None:
+                break
+            response = client.get(f"{base}/tasks", params={"state": "failed", "limit": "7",
+                                                           "cursor": body["next_cursor"]})
+    assert ran.all_rows(state="failed") == seen
+    assert 7 >= len(body["tasks"])
+
+
+def test_the_list_route_answers_400_for_bad_parameters(served: tuple[str, list[Any]]) -> None:
+    """An unknown state, a limit outside 1..500, a bad time or cursor: 400, nothing listed."""
+    base, _ = served
+    bad = [{"state": "done"}, {"limit": "0"}, {"limit": "501"}, {"limit": "ten"},
+           {"since": "last tuesday"}, {"until": "2024-13-45"}, {"cursor": "not-a-cursor"}]
+    with httpx.Client(timeout=10) as client:
+        got = [client.get(f"{base}/tasks", params=p).status_code for p in bad]
+    assert [400] * len(bad) == got
+
+
+def test_the_list_route_asks_authorize_with_no_task_id(served: tuple[str, list[Any]]) -> None:
+    """authorize(request, None) decides the list: a refusal is a 403."""
+    base, asked = served
+    asked.clear()
+    with httpx.Client(timeout=10) as client:
+        allowed = client.get(f"{base}/tasks", params={"limit": "1", "since": "30d"})
+        refused = client.get(f"{base}/tasks", headers={"x-refuse": "1"})
+    assert (200, 403, [None, None]) == (allowed.status_code, refused.status_code, asked)
+
+
+def test_the_log_route_serves_a_runs_log_as_text(ran: Setup,
+                                                 served: tuple[str, list[Any]]) -> None:
+    """GET /tasks/<id>/log: the row's log as text/plain; 404 untracked, 400 malformed."""
+    base, asked = served
+    failed = next(i for i, k in ran.kinds.items() if k == "fail")
+    asked.clear()
+    with httpx.Client(timeout=10) as client:
+        response = client.get(f"{base}/tasks/{failed}/log")
+        unknown = client.get(f"{base}/tasks/never-{uuid.uuid4().hex}/log")
+        malformed = client.get(f"{base}/tasks/{'x' * 300}/log")
+    assert (200, "text/plain; charset=utf-8") == (response.status_code,
+                                                  response.headers["content-type"])
+    assert ran.store.get(failed)["log"] == response.text
+    assert (404, 400) == (unknown.status_code, malformed.status_code)
+    assert failed == asked[0]
+
+
+def test_the_json_export_round_trips_with_the_next_cursor_on_stderr(
+        ran: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    """`history --format json`: the rows exactly; `--cursor` from stderr gives the next page."""
+    from otel_progress.cli import main
+
+    assert 0 == main(["history", "-A", f"{APP}:app", "--state", "failed", "--limit", "5",
+                      "--format", "json"])
+    out, err = capsys.readouterr()
+    first, cursor = ran.store.list(state="failed", limit=5)
+    assert first == json.loads(out)
+    assert f"next cursor: {cursor}\n" == err
+    assert 0 == main(["history", "-A", f"{APP}:app", "--state", "failed", "--limit", "5",
+                      "--format", "json", "--cursor", str(cursor)])
+    assert ran.store.list(state="failed", limit=5, cursor=cursor)[0] == json.loads(
+        capsys.readouterr().out)
+
+
+def test_the_csv_export_parses_back_to_the_same_rows(ran: Setup, tmp_path: Path) -> None:
+    """`history --format csv --output FILE` of every run reads back with read_csv()."""
+    from otel_progress.cli import main
+
+    out = tmp_path / "runs.csv"
+    assert 0 == main(["history", "-A", f"{APP}:app", "--since", "1d", "--limit", "500",
+                      "--format", "csv", "--output", str(out)])
+    assert ran.store.list(since=time.time() - 86400, limit=500)[0] == read_csv(
+        out.read_bytes().decode("utf-8"))
+    assert out.read_bytes().startswith(b"task_id,task_name,state,attempt,start,end,")
+
+
+def test_the_table_shows_the_rows(ran: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default format is a table of the page's rows."""
+    from otel_progress.cli import main
+
+    assert 0 == main(["history", "-A", f"{APP}:app", "--name", "history_app.flaky"])
+    out = capsys.readouterr().out
+    flaky = [i for i, k in ran.kinds.items() if k == "flaky"]
+    assert f"{len(flaky)} runs, newest first" in out
+    assert all(task_id[:8] in out for task_id in flaky)
+
+
+def test_csv_cells_that_look_like_formulas_are_neutralised(tmp_path: Path) -> None:
+    """Cells starting with = + - @ tab CR or ' get a leading ', and read back unchanged."""
+    from otel_progress.cli import main
+
+    store = SQLiteHistory(tmp_path / "danger.db")
+    now = time.time()
+    store.record({"task_id": "danger", "task_name": "=HYPERLINK(\"http://x\")",
+                  "state": "failed", "start": now, "end": now + 1, "exc_type": "@SUM(A1)",
+                  "exc_message": "+1,\n\"two\"", "log": "-3\r\n\tfour", "trace_id": "'quoted"})
+    out = tmp_path / "danger.csv"
+    assert 0 == main(["history", "--history", f"sqlite:///{tmp_path / 'danger.db'}",
+                      "--format", "csv", "-o", str(out)])
+    text = out.read_bytes().decode("utf-8")  # not read_text(): it would turn \r\n into \n
+    import csv
+
+    cells = next(csv.DictReader(io.StringIO(text, newline="")))
+    assert ["'=", "'@", "'+", "'-", "''"] == [cells[k][:2] for k in (
+        "task_name", "exc_type", "exc_message", "log", "trace_id")]
+    assert store.list()[0] == read_csv(text)
+    assert text.endswith("\r\n")
+
+
+def test_bad_cli_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unparsable --since, a --limit over 500, or no store: exit 64 and one line."""
+    from otel_progress.cli import EXIT_USAGE, main
+
+    codes = [main(["history", "--history", "sqlite:///x.db", "--since", "soon"]),
+             main(["history", "--history", "sqlite:///x.db", "--limit", "501"]),
+             main(["history", "--backend", "cache+memory://"])]
+    err = capsys.readouterr().err
+    assert [EXIT_USAGE] * 3 == codes
+    assert 3 == len(err.strip().splitlines())
