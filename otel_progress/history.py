@@ -16,7 +16,9 @@ backend's own server keeps it (none for another result backend). A row has exact
 
 from __future__ import annotations
 
-from otel_progress._backend import HISTORY_URL_ENV, HistoryStore
+from typing import Any
+
+from otel_progress._backend import HISTORY_URL_ENV, HistoryStore, history_for
 from otel_progress._history import (
     CSV_DANGEROUS,
     DEFAULT_MAX_ROWS,
@@ -38,5 +40,13 @@ from otel_progress._history import (
 __all__ = [
     "CSV_DANGEROUS", "DEFAULT_MAX_ROWS", "DEFAULT_RETENTION_S", "HISTORY_URL_ENV", "MAX_LIMIT",
     "ROW_KEYS", "STATES", "BadQuery", "HistoryRow", "HistoryStore", "RedisHistory",
-    "SQLiteHistory", "dumps_rows", "parse_time", "read_csv", "store_from_url", "write_csv",
+    "SQLiteHistory", "dumps_rows", "parse_time", "read_csv", "store_for", "store_from_url",
+    "write_csv",
 ]
+
+
+def store_for(celery_app: Any) -> HistoryStore | None:
+    """The store ``celery_app``'s tracked runs are written to, as its workers choose it:
+    ``instrument(history=)``, else ``OTEL_PROGRESS_HISTORY_URL``, else the Redis result
+    backend's own server; None when there is none (another result backend, ``history=False``)."""
+    return history_for(celery_app)
