@@ -283,6 +283,12 @@ if start_s and end_s then
   if d < 0 then d = 0 end
   redis.call('HSET', h, 'duration_s', string.format('%.3f', d))
 end
+local names = {'task_name', 'state', 'attempt', 'start', 'end', 'duration_s', 'jobs_finished',
+               'jobs_total', 'exc_type', 'exc_message', 'trace_id', 'parent_id', 'log'}
+local vals = redis.call('HMGET', h, unpack(names))
+local parts = {'{"task_id":' .. cjson.encode(ARGV[10])}
+for k, n in ipairs(names) do parts[#parts + 1] = '"' .. n .. '":' .. (vals[k] or 'null') end
+redis.call('HSET', h, 'row', table.concat(parts, ',') .. '}')
 local key_s = start_s or first_s
 local retention = tonumber(ARGV[8])
 local id = ARGV[10]
@@ -323,7 +329,6 @@ index. ARGV: attempt (0 = the stored one), rank, start ts, start ISO, end ts, no
 now, retention, prefix, task id, state, N applied then N pairs, M filled then M pairs,
 max rows. Numbers travel as the strings Python wrote (Lua would print a float with 14 digits)."""
 
-_INTERNAL: Final = ("_attempt", "_rank", "_start", "_first", "_end")
 
 
 def _json(value: object) -> str:
@@ -442,23 +447,17 @@ class RedisHistory:
 
     def get(self, task_id: str) -> HistoryRow | None:
         """The row of ``task_id``, or None (never tracked, or expired)."""
-        raw = self._redis().hgetall(self._row_key(task_id))
-        return self._decode(raw, time.time())
-
-    def _decode(self, raw: Mapping[bytes, bytes] | None, now: float) -> HistoryRow | None:
-        if not raw:
+        row, start, first = self._redis().hmget(self._row_key(task_id), "row", "_start", "_first")
+        key = start or first
+        if row is None or key is None:
             return None
-        values = {k.decode(): v.decode() for k, v in raw.items()}
-        key = float(values.get("_start") or values.get("_first") or 0.0)
-        if key < now - self.retention_s:
-            return None  # expired, its index entry not trimmed yet
-        row: Row = {}
-        for name in ROW_KEYS:
-            text = values.get(name)
-            if text is None:
-                continue
-            row[name] = text if name == "task_id" else json.loads(text)
-        return complete(row)  # type: ignore[return-value]
+        return self._decode(row, float(key), time.time())
+
+    def _decode(self, raw: bytes | None, key: float, now: float) -> HistoryRow | None:
+        """The row the script keeps whole (one JSON string: one reply element per row)."""
+        if raw is None or key < now - self.retention_s:
+            return None  # gone, or expired with its index entry not trimmed yet
+        return complete(json.loads(raw))  # type: ignore[return-value]
 
     def list(self, *, state: str | None = None, name: str | None = None,
              since: float | None = None, until: float | None = None, limit: int = DEFAULT_LIMIT,
@@ -493,10 +492,10 @@ class RedisHistory:
                 members = [(m, s) for m, s in members if not (s == after[0] and m >= after[1])]
             pipe = client.pipeline(transaction=False)
             for member, _ in members:
-                pipe.hgetall(self._row_key(member))
+                pipe.hget(self._row_key(member), "row")
             gone = []
             for (member, score), raw in zip(members, pipe.execute(), strict=True):
-                row = self._decode(raw, now)
+                row = self._decode(raw, score, now)
                 if row is None:
                     gone.append(member)
                 elif state is None or row["state"] == state:
