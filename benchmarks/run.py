@@ -11,9 +11,9 @@ their rounds. The shared 2-core machines drift by up to 2x, so only ratios taken
 round, and CPU per task, are compared; absolute figures are printed for context.
 
 Options: ``--rounds N`` (default 15), ``--only a,b`` (micro, updates, memory, export, worker,
-profile, endpoint, pending), ``--save-baseline FILE`` (keep this run's figures as the "before"
-column), ``--baseline FILE`` (show it; default ``benchmarks/baseline.json`` when present),
-``--out``.
+profile, endpoint, history), ``--history-rows N`` (100,000), ``--save-baseline FILE``
+(keep this run's figures as the "before" column), ``--baseline FILE`` (show it; default
+``benchmarks/baseline.json`` when present), ``--out``.
 """
 
 from __future__ import annotations
@@ -896,10 +896,110 @@ def scenario_endpoint(rounds: int, redis_url: str, clients: int = 50,
         worker.join(10)
 
 
+def scenario_history(rounds: int, redis_url: str, rows: int, scratch: str) -> dict[str, Any]:
+    """Issue 12: what the history index adds per task, and how fast a filtered page comes back.
+
+    Per task: the same eager task (5 sections, real Redis result backend, an SDK provider
+    without export, the bridge on) with the history off, in Redis (the result backend's
+    server) and in SQLite (a file in the scratch directory): wall time and CPU per task, the
+    final write (and with it the history row) included; plus the publish side, one ``queued``
+    row. Listing: ``rows`` runs in each store (10 % failed, 20 task names), then
+    ``list(state="failed", limit=100)`` and ``list(name=..., limit=100)``, median latency.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    from otel_progress import TaskUpdater, _backend
+    from otel_progress.celery import ProgressInstrumentor
+    from otel_progress.history import RedisHistory, SQLiteHistory
+
+    ProgressInstrumentor().instrument()
+    app = _celery_app(redis_url)
+    redis_store = RedisHistory(redis_url, key_prefix="bench-history:")
+    sqlite_store = SQLiteHistory(Path(scratch) / "bench-history.db")
+    stores: dict[str, Any] = {"off": False, "redis": redis_store, "sqlite": sqlite_store}
+
+    @app.task(bind=True, name="bench.history_task")
+    def task(self: Any) -> None:
+        updater = TaskUpdater(expected_sections=5)
+        for i in range(5):
+            with updater(task_name=f"part {i}"):
+                updater.progress(current=1, total=1)
+                updater.notify("part done")
+
+    def per_task(kind: str, n: int = 100) -> Callable[[], float]:
+        def run() -> float:
+            _backend.set_history(stores[kind])
+            t = time.perf_counter()
+            for _ in range(n):
+                task.apply()
+            return (time.perf_counter() - t) / n
+        return run
+
+    def per_task_cpu(kind: str, n: int = 100) -> Callable[[], float]:
+        def run() -> float:
+            _backend.set_history(stores[kind])
+            t = time.process_time()
+            for _ in range(n):
+                task.apply()
+            return (time.process_time() - t) / n
+        return run
+
+    def queued(kind: str, n: int = 300) -> Callable[[], float]:
+        store = stores[kind]
+
+        def run() -> float:
+            t = time.perf_counter()
+            for _ in range(n):
+                store.record({"task_id": f"q-{time.perf_counter_ns()}", "task_name": "bench",
+                              "state": "queued"})
+            return (time.perf_counter() - t) / n
+        return run
+
+    cases = {f"wall_{k}": per_task(k) for k in stores}
+    cases.update({f"cpu_{k}": per_task_cpu(k) for k in stores})
+    cases.update({f"queued_{k}": queued(k) for k in ("redis", "sqlite")})
+    values = interleave(cases, rounds)
+    _backend.set_history(False)
+
+    names = [f"bench.task_{i}" for i in range(20)]
+    fill_s: dict[str, float] = {}
+    for kind, store in (("redis", redis_store), ("sqlite", sqlite_store)):
+        store.clear()
+        t = time.perf_counter()
+        now = time.time()
+        for i in range(rows):
+            start = now - rows + i
+            store.record({"task_id": f"run-{i:07d}", "task_name": names[i % 20],
+                          "state": "failed" if i % 10 == 3 else "succeeded", "start": start,
+                          "end": start + 0.5, "jobs_finished": 1, "jobs_total": 1,
+                          "log": "\t - part\n\t\tSuccessfully completed\n"})
+        fill_s[kind] = time.perf_counter() - t
+
+    def listing(store: Any, **query: Any) -> Callable[[], float]:
+        def run() -> float:
+            t = time.perf_counter()
+            page, _ = store.list(limit=100, **query)
+            assert len(page) == 100
+            return time.perf_counter() - t
+        return run
+
+    listed = interleave({
+        "redis_state": listing(redis_store, state="failed"),
+        "redis_name": listing(redis_store, name=names[7]),
+        "sqlite_state": listing(sqlite_store, state="failed"),
+        "sqlite_name": listing(sqlite_store, name=names[7]),
+    }, rounds)
+    redis_store.clear()
+    return {"values": values, "listed": listed, "rows": rows, "fill_s": fill_s}
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "micro": scenario_micro, "spin": scenario_spin, "updates": scenario_updates,
     "memory": scenario_memory, "export": scenario_export, "overload": scenario_overload,
     "taskcost": scenario_taskcost, "endpoint": scenario_endpoint,
+    "history": scenario_history,
 }
 
 
@@ -1407,6 +1507,29 @@ def taskcost_rows(res: dict[str, Any]) -> list[Row]:
     ]
 
 
+def history_rows(res: dict[str, Any]) -> list[Row]:
+    v, listed = res["values"], res["listed"]
+    us = statistics.median
+    rows = []
+    for kind, label in (("redis", "Redis (the result backend's server)"), ("sqlite", "SQLite")):
+        rows.append(row("12", f"history_task_{kind}", f"wall time the history index adds per "
+                        f"task, {label}: the same eager task (5 sections) with and without it",
+                        "absolute", [(a - b) * 1e6 for a, b in zip(v[f"wall_{kind}"],
+                                                                    v["wall_off"], strict=True)],
+                        unit=" µs",
+                        note=f"{us(v[f'wall_{kind}']) / us(v['wall_off']):.2f}x the task "
+                             f"without history ({us(v['wall_off']) * 1e6:.0f} µs); CPU "
+                             f"+{(us(v[f'cpu_{kind}']) - us(v['cpu_off'])) * 1e6:.0f} µs; the "
+                             f"producer's queued row {us(v[f'queued_{kind}']) * 1e6:.0f} µs"))
+    for kind in ("redis", "sqlite"):
+        for query, what in (("state", "state=failed"), ("name", "name=<one of 20>")):
+            rows.append(row("12", f"history_list_{kind}_{query}",
+                            f"list latency, {res['rows']:,} rows in {kind}, {what}, limit 100",
+                            "absolute", [x * 1e3 for x in listed[f"{kind}_{query}"]],
+                            unit=" ms", note=f"filled in {res['fill_s'][kind]:.0f} s"))
+    return rows
+
+
 def export_rows(res: dict[str, Any], overload: dict[str, Any] | None) -> list[Row]:
     v = res["values"]
     rows = [
@@ -1446,18 +1569,6 @@ def endpoint_rows(res: dict[str, Any]) -> list[Row]:
                      f"requests/s; answers other than 200: {other['ours']} vs {other['anchor']} "
                      f"({res['statuses']['ours']}); "
                      f"payload {res['payload_bytes']:,} bytes")]
-
-
-def pending_rows() -> list[Row]:
-    rows = []
-    for module, what in (("otel_progress.history", "history index: per-task cost"),):
-        try:
-            importlib.import_module(module)
-            note = f"`{module}` exists: benchmark not written yet"
-        except ImportError:
-            note = "pending (not built yet)"
-        rows.append(Row("8", what, "—", "", None, note=note, key=module))
-    return rows
 
 
 METRICS_DECISION = """\
@@ -1614,6 +1725,8 @@ def main() -> None:
     parser.add_argument("--save-baseline")
     parser.add_argument("--batch", type=int, default=150, help="tasks per worker round")
     parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--history-rows", type=int, default=100_000,
+                        help="rows in each history store for the list latency (issue 12)")
     parser.add_argument("--keep", help="keep logs and py-spy profiles in this directory")
     parser.add_argument("--readme", action="store_true", help="update README's Performance table")
     ns = parser.parse_args()
@@ -1679,6 +1792,13 @@ def main() -> None:
                     "threads, task, flusher, export), by what the stack was doing (first "
                     "matching category wins)." + own + "\n\n"
                     + shares_table(prof["shares"], 16))
+        if wanted("history"):
+            print(f"history: cost per task and list latency over {ns.history_rows:,} rows ...",
+                  flush=True)
+            res = child("history", {"rounds": ns.rounds, "redis_url": redis.url,
+                                    "rows": ns.history_rows, "scratch": tmp})
+            raw["history"] = res
+            rows += history_rows(res)
         if wanted("export"):
             print("export: spans/s, a 50,000-section burst, overload ...", flush=True)
             res = child("export", {"rounds": ns.rounds, "sections": 50_000})
@@ -1701,8 +1821,6 @@ def main() -> None:
             res = child("endpoint", {"rounds": ns.rounds, "redis_url": redis.url})
             raw["endpoint"] = res
             rows += endpoint_rows(res)
-        if wanted("pending"):
-            rows += pending_rows()
     took = time.monotonic() - started
     info = machine()
     info["run took"] = f"{took / 60:.1f} min"

@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.backends.rpc import RPCBackend
 
+from otel_progress import _history
 from otel_progress._payload import (
     CELERY_FINAL,
+    CELERY_STATES,
     FINAL_STATES,
     SCHEMA_VERSION,
     ChildProgress,
@@ -35,6 +38,8 @@ from otel_progress._payload import (
     ProgressPayload,
     dumps,
     from_celery,
+    iso,
+    parse_iso,
     queued,
 )
 from otel_progress._safety import log_once, logger, safe_str
@@ -64,23 +69,149 @@ class BackendUnavailable(ConnectionError):
 
 
 class HistoryStore(Protocol):
-    """Where a tracked run's row is kept after the result backend forgot it (issue: history).
+    """Where a tracked run's row is kept after the result backend forgot it (issue 12).
 
-    Rows are dicts with exactly the keys of ``otel_progress.history`` rows. Every method is
+    ``otel_progress.history.RedisHistory`` and ``SQLiteHistory`` implement it; any object with
+    these three methods can be given to ``ProgressInstrumentor().instrument(history=...)``. Rows
+    are dicts with exactly the keys of ``otel_progress.history.ROW_KEYS``. Every method is
     bounded in time; a store that is down raises, and the caller logs once and goes on.
     """
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Insert or update the row of ``row["task_id"]`` (atomic, no read-modify-write)."""
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Merge a partial row (``task_id``, ``state`` and any other row keys) into the row of
+        ``row["task_id"]``: a later attempt, or a later step of the same attempt, wins; the
+        earliest ``start`` stays; atomic across processes (no read-modify-write race)."""
 
-    def get(self, task_id: str) -> dict[str, Any] | None:
+    def get(self, task_id: str) -> Any:
         """The row of ``task_id``, or None."""
 
     def list(
         self, *, state: str | None = None, name: str | None = None, since: float | None = None,
         until: float | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[Sequence[Any], str | None]:
         """Rows newest first by start, and the cursor of the next page (None at the end)."""
+
+
+HISTORY_URL_ENV: Final = "OTEL_PROGRESS_HISTORY_URL"
+"""``redis://host:port/db``, ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``."""
+HISTORY_PAUSE: Final = 30.0
+"""After a failed history write, a process skips history writes for this long: a store that is
+down costs a task at most one bounded attempt per write, and the process one warning."""
+
+_history_choice: Any = None
+"""What ``instrument(history=...)`` chose: None (the default rule), False (off), a store."""
+_history_default: dict[int, Any] = {}
+_history_paused_until = 0.0
+
+
+def set_history(value: object) -> None:
+    """``instrument(history=...)``: None for the default rule, False for none, a store object or
+    a URL string (validated here: a bad URL raises ValueError at instrument time)."""
+    global _history_choice, _history_paused_until
+    if value is None or value is False:
+        _history_choice = value
+    elif isinstance(value, str):
+        _history_choice = _history.store_from_url(value)
+    elif _history.is_store(value):
+        _history_choice = value
+    else:
+        raise TypeError("history must be a store (record/get/list), a URL string, None or False")
+    _history_default.clear()
+    _history_paused_until = 0.0
+
+
+def history_for(app: Any) -> HistoryStore | None:
+    """The store of ``app``: ``instrument(history=)``, else ``OTEL_PROGRESS_HISTORY_URL``, else
+    the Redis result backend's own server (none for any other result backend)."""
+    if _history_choice is False:
+        return None
+    if _history_choice is not None:
+        return cast(HistoryStore, _history_choice)
+    url = os.environ.get(HISTORY_URL_ENV)
+    if url:
+        store = _history_default.get(hash(url))
+        if store is None:
+            store = _history_default[hash(url)] = _history.store_from_url(url)
+        return cast(HistoryStore, store)
+    try:
+        backend = app.backend
+    except Exception:
+        return None
+    if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
+        return None
+    params: Any = getattr(backend, "connparams", {})
+    key = hash(repr(sorted(params.items(), key=str)))
+    store = _history_default.get(key)
+    if store is None:
+        if len(_history_default) > 64:
+            _history_default.clear()
+        store = _history_default[key] = _history.RedisHistory.from_connection(params)
+    return cast(HistoryStore, store)
+
+
+def history_record(app: Any, row: Mapping[str, Any], store: HistoryStore | None = None) -> None:
+    """Merge ``row`` into the app's history: one bounded attempt, never an exception; after a
+    failure the process warns once and pauses its history writes for HISTORY_PAUSE."""
+    global _history_paused_until
+    if time.monotonic() < _history_paused_until:
+        return
+    try:
+        store = store if store is not None else history_for(app)
+        if store is None or not row.get("task_id"):
+            return
+        store.record(row)
+    except Exception as exc:
+        _history_paused_until = time.monotonic() + HISTORY_PAUSE
+        log_once("history-write", "otel_progress: cannot write the task history (%s: %s); tasks "
+                 "go on, history writes pause for %.0f s at a time", type(exc).__name__,
+                 safe_str(exc, 200), HISTORY_PAUSE)
+
+
+def history_row(app: Any, task_id: str) -> Any:
+    """The history row of ``task_id`` or None; BackendUnavailable when the store fails."""
+    store = history_for(app)
+    if store is None:
+        return None
+    try:
+        return store.get(task_id)
+    except Exception as exc:
+        raise BackendUnavailable(f"the task history did not answer: {safe_str(exc, 200)}") \
+            from exc
+
+
+def reconcile_rows(app: Any, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose run is not final, checked against Celery's state (what the reader can tell:
+    a SIGKILLed child, a hard time limit, a revoke the worker did not see): a final state
+    Celery stored is written back to the row. Unchanged when the backend does not answer."""
+    open_rows = [r for r in rows if r.get("state") not in FINAL_STATES]
+    if not open_rows or not has_result_backend(getattr(app, "backend", None)):
+        return list(rows)
+    try:
+        readings = _read_many(app, [str(r["task_id"]) for r in open_rows], READ_TIMEOUT)
+    except Exception:
+        return list(rows)
+    fixed: dict[str, dict[str, Any]] = {}
+    for row, reading in zip(open_rows, readings, strict=True):
+        celery = reading.celery or {}
+        status = str(celery.get("status") or "")
+        if status not in CELERY_FINAL:
+            continue
+        state: str = CELERY_STATES[status]
+        if state == "succeeded" and reading.ours is not None:
+            state = str(reading.ours.get("state") or state)
+            if state not in FINAL_STATES:
+                state = "succeeded"
+        exc_type, exc_message = _exc_facts(celery.get("result"))
+        change: dict[str, Any] = {
+            "task_id": row["task_id"], "task_name": row.get("task_name"), "state": state,
+            "attempt": 0, "end": iso(parse_iso(celery.get("date_done")) or time.time()),
+        }
+        if state in ("failed", "revoked"):
+            change.update(exc_type=exc_type, exc_message=exc_message)
+        history_record(app, change)
+        fixed[str(row["task_id"])] = {**row, **{k: v for k, v in change.items()
+                                                if k not in ("attempt",)}}
+    return [fixed.get(str(r["task_id"]), r) for r in rows]
 
 
 def own_key(task_id: str) -> str:
@@ -258,9 +389,22 @@ class TaskTarget:
         self.task_id = task_id
         self.request = request  # the request context: rpc:// needs its reply_to off-thread
         self.label = task_id
+        self.history_started = False
+
+    def _history(self, payload: ProgressPayload, *, final: bool) -> None:
+        """The run's row in the history (the flusher's first write, and the final write)."""
+        parent = getattr(self.request, "parent_id", None)
+        change = _history.change_from_payload(payload, final=final,
+                                              parent_id=str(parent) if parent else None)
+        change["task_id"] = self.task_id
+        change["task_name"] = safe_str(getattr(self.task, "name", None) or change["task_name"])
+        history_record(self.task.app, change)
 
     def progress(self, state: str, payload: ProgressPayload, children: Sequence[str]) -> bool:
         """Write running progress, unless a final state is already stored; True if written."""
+        if not self.history_started:  # the run's start, off the task's thread
+            self.history_started = True
+            self._history(payload, final=False)
         backend = self.task.backend
         client = _redis(backend)
         if client is not None:
@@ -286,7 +430,13 @@ class TaskTarget:
 
     def final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
         """The last write: our key (unless a later attempt of the task wrote it, on Redis);
-        PROGRESS meta where the backend has no keys."""
+        PROGRESS meta where the backend has no keys; then the run's history row."""
+        try:
+            self._final(payload, children)
+        finally:
+            self._history(payload, final=True)
+
+    def _final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
         backend = self.task.backend
         client = _redis(backend)
         if client is not None:
@@ -529,9 +679,18 @@ def read(app: Any, task_id: str, *, children: bool = True,
 
     Raises :class:`BackendUnavailable` when the backend does not answer in time.
     """
-    payload = _read_many(app, [task_id], timeout)[0].payload()
+    reading = _read_many(app, [task_id], timeout)[0]
+    payload = reading.payload()
     if payload is None:
-        return None
+        row = history_row(app, task_id)  # the result backend forgot it; the history did not
+        return None if row is None else _history.payload_from_row(row)  # type: ignore[return-value]
+    if payload.get("state") in FINAL_STATES and (
+            reading.ours is None or reading.ours.get("state") not in FINAL_STATES):
+        # Celery ended it without our final write (a killed child, a revoke): as the reader
+        # can tell, the history row ends too
+        change = _history.change_from_payload(payload, final=True)
+        change.update(task_id=task_id, attempt=0)
+        history_record(app, change)
     if children and payload.get("children"):
         ids = _children_ids(app, task_id, payload["children"])
         payload["children_progress"] = _children_progress(app, ids, timeout)

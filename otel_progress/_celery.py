@@ -220,14 +220,15 @@ def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     if task_id is None or task_id in running:  # a direct (e.g. recursive) call inside the task
         return _original_call(self, *args, **kwargs)
     running.add(task_id)
+    started = time.time()
     try:
         result = _original_call(self, *args, **kwargs)
     except BaseException as exc:
         running.discard(task_id)
-        task_ended(str(task_id), exc)
+        task_ended(str(task_id), exc, started=started)
         raise
     running.discard(task_id)
-    task_ended(str(task_id), None)
+    task_ended(str(task_id), None, started=started)
     return result
 
 
@@ -262,10 +263,13 @@ def _remove_hook() -> None:
     _original_call = None
 
 
-def task_ended(task_id: str, exc: BaseException | None) -> None:
+def task_ended(task_id: str, exc: BaseException | None, *, started: float | None = None) -> None:
     """Close the task's open sections, finish its run and make the final write."""
     run = forget_task(task_id)
     if run is None:
+        if started is not None:
+            with guard("celery.task_ended.history"):
+                _history_bare_end(task_id, exc, started)
         return
     with guard("celery.task_ended"):
         outcome = _run_outcome(exc)
@@ -283,6 +287,24 @@ def task_ended(task_id: str, exc: BaseException | None) -> None:
             run.failed = True
             run.remember_exception(exc)
         finish(run, outcome=outcome, complete=exc is None or outcome == RETRYING)
+
+
+def _history_bare_end(task_id: str, exc: BaseException | None, started: float) -> None:
+    """The history row of a task that made no TaskUpdater/Observer: its outcome, from Celery's
+    own view of the exception (the final write of a run does this for the others)."""
+    info = current_celery_task()
+    if info is None or info.task_id != task_id or info.eager:
+        return
+    outcome = _run_outcome(exc)
+    state = "succeeded" if outcome is None else str(outcome)
+    row: dict[str, Any] = {"task_id": task_id, "task_name": info.name, "state": state,
+                           "attempt": info.attempt, "start": started,
+                           "parent_id": getattr(info.request, "parent_id", None)}
+    if state != RETRYING:
+        row["end"] = time.time()
+    if exc is not None and state in (FAILED, REVOKED):
+        row.update(exc_type=type(exc).__name__, exc_message=safe_str(exc, 1000))
+    _backend.history_record(info.task.app, row)
 
 
 def _retry_at(exc: Retry) -> float | None:
@@ -338,8 +360,12 @@ def _on_before_publish(
                 if callback is not None:
                     _add_child(run, callback)
         if _track_queued:
-            _backend.write_queued(current_app.backend, str(task_id),
-                                  safe_str(headers.get("task") or sender or "task"))
+            name = safe_str(headers.get("task") or sender or "task")
+            _backend.write_queued(current_app.backend, str(task_id), name)
+            if parent is None or parent.task_id != str(task_id):
+                _backend.history_record(current_app, {
+                    "task_id": str(task_id), "task_name": name, "state": "queued",
+                    "parent_id": headers.get("parent_id")})
 
 
 def _add_child(run: Run, task_id: str) -> None:
@@ -360,7 +386,8 @@ def _chord_callback_id(headers: dict[str, Any], body: Any) -> str | None:
     return None
 
 
-def _on_revoked(request: Any = None, terminated: bool = False, **_kwargs: Any) -> None:
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
+                **_kwargs: Any) -> None:
     """A running task revoked in this process: its run ends ``revoked``."""
     with guard("celery.task_revoked"):
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
@@ -372,6 +399,30 @@ def _on_revoked(request: Any = None, terminated: bool = False, **_kwargs: Any) -
                 if run.close_section(node, "aborted", None):
                     _spans.end_section(run, node, None)
             finish(run, outcome=REVOKED, complete=False)
+            return
+        # the worker's main process: the run (if any) was in a pool child it terminated
+        task = sender if sender is not None else getattr(request, "task", None)
+        app = getattr(task, "app", None) or current_app
+        _backend.history_record(app, {
+            "task_id": str(task_id), "state": REVOKED, "attempt": 0, "end": time.time(),
+            "task_name": getattr(task, "name", None) or getattr(request, "name", None),
+            "exc_type": "TaskRevokedError",
+            "exc_message": "terminated" if terminated else "revoked"})
+
+
+def _on_task_failure(sender: Any = None, task_id: Any = None, exception: Any = None,
+                     **_kwargs: Any) -> None:
+    """A hard time limit or a lost pool child, seen by the worker's main process: the child
+    made no final write, so the history row ends here."""
+    with guard("celery.task_failure"):
+        if not task_id or not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
+            return
+        if run_of_task(str(task_id)) is not None:
+            return
+        _backend.history_record(getattr(sender, "app", None) or current_app, {
+            "task_id": str(task_id), "task_name": getattr(sender, "name", None),
+            "state": FAILED, "attempt": 0, "end": time.time(),
+            "exc_type": type(exception).__name__, "exc_message": safe_str(exception, 1000)})
 
 
 def _bridge_shutdown(deadline: float) -> None:
@@ -407,6 +458,7 @@ def install() -> None:
         (signals.worker_init, _on_worker_init),
         (signals.before_task_publish, _on_before_publish),
         (signals.task_revoked, _on_revoked),
+        (signals.task_failure, _on_task_failure),
     ):
         signal.connect(handler, weak=False)
         _connected.append((signal, handler))

@@ -31,6 +31,7 @@ from otel_progress._demo_app import client as demo_client
 from otel_progress._demo_receiver import DemoReceiver, render
 from otel_progress._terminal import TaskView
 from otel_progress.celery import ProgressInstrumentor, get_progress
+from otel_progress.history import HISTORY_URL_ENV, store_for
 
 TASKS = (
     ("demo.new_format_task_1", (), "TaskUpdater seed"),
@@ -145,9 +146,14 @@ def run_demo(*, scale: float = 0.1, keep_open: bool = False, broker: str | None 
                 env[BROKER_ENV] = broker
             if backend:
                 env[BACKEND_ENV] = backend
+            # the task history: the user's, the Redis backend's, else SQLite in the workspace
+            history = os.environ.get(HISTORY_URL_ENV) or (
+                None if (backend or "").startswith("redis") else f"sqlite:///{root}/history.db")
+            if history:
+                env[HISTORY_URL_ENV] = history
             worker = _Worker(env, root, root / "worker.log")
             client = demo_client(broker, backend, str(root))
-            ProgressInstrumentor().instrument()
+            ProgressInstrumentor().instrument(history=history)
             where = broker or f"filesystem broker and backend in {root}"
             console.print(f"[bold]otel-progress demo[/]: a prefork worker (2 children), {where}")
             with client:
@@ -165,6 +171,7 @@ def run_demo(*, scale: float = 0.1, keep_open: bool = False, broker: str | None 
                                  and not worker.alive())
                 payloads = view.payloads
             _report(console, results, payloads, receiver)
+            _report_history(console, client)
             if keep_open and status is not None and status.url:
                 console.print(f"Serving {status.url} until Ctrl-C")
                 while True:
@@ -179,6 +186,23 @@ def run_demo(*, scale: float = 0.1, keep_open: bool = False, broker: str | None 
         if worker is not None:
             worker.stop()
         receiver.stop()
+
+
+def _report_history(console: Console, client: Any) -> None:
+    """The runs as the task history keeps them (``otel-progress history`` lists the same)."""
+    store = store_for(client)
+    if store is None:
+        return
+    console.rule(f"The task history ({store!r})")
+    try:
+        rows, _ = store.list(limit=20)
+    except Exception as exc:
+        console.print(f"unreadable: {type(exc).__name__}: {exc}", markup=False)
+        return
+    for row in rows:
+        console.print(f"{row['state']:<9} {row['task_name']:<26} attempt {row['attempt']} jobs "
+                      f"{row['jobs_finished']}/{row['jobs_total']} {row['duration_s']} s "
+                      f"{row['exc_type'] or ''}", markup=False, highlight=False)
 
 
 def _expected(payloads: dict[str, Any]) -> bool:

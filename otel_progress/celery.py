@@ -49,7 +49,10 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     Options: ``min_interval`` (seconds between backend writes of a task, default 0.5),
     ``track_queued`` (default True), ``send_events`` (a Celery ``task-progress`` event with each
     progress write, default False), ``tracer_provider``/``meter_provider`` (for the Celery
-    instrumentation *and* otel_progress's own section spans and metrics).
+    instrumentation *and* otel_progress's own section spans and metrics), ``history`` (the task
+    history store: an ``otel_progress.history`` store, a URL ``redis://host:port/db`` /
+    ``sqlite:///relative.db`` / ``sqlite:////absolute/path.db``, ``False`` for none; default
+    ``OTEL_PROGRESS_HISTORY_URL``, else the Redis result backend's own server, else none).
     """
 
     _celery_instrumented_by_us = False
@@ -66,6 +69,7 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             track_queued=kwargs.get("track_queued"),
             send_events=kwargs.get("send_events"),
         )
+        _backend.set_history(kwargs.get("history"))
         _spans.use_tracer_provider(kwargs.get("tracer_provider"))
         _metrics.use_meter_provider(kwargs.get("meter_provider"))
         celery_instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
@@ -81,6 +85,7 @@ class ProgressInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
         uninstall()
+        _backend.set_history(None)
         _spans.use_tracer_provider(None)
         _metrics.use_meter_provider(None)
         if type(self)._celery_instrumented_by_us:

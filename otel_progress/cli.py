@@ -1,4 +1,4 @@
-"""The ``otel-progress`` command: ``demo``, ``watch`` and ``serve``.
+"""The ``otel-progress`` command: ``demo``, ``watch``, ``serve`` and ``history``.
 
 Built on argparse: the standard library, so the command needs no dependency beyond the
 package's own, and ``--help`` lists every option of every subcommand. Errors (an app module that
@@ -9,6 +9,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import ipaddress
 import os
@@ -71,6 +72,29 @@ def _parser() -> argparse.ArgumentParser:
                        help="authorize(request, task_id) -> bool, run before every lookup")
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="serve any client without authorize (needed for a public bind)")
+
+    history = sub.add_parser("history", help="list tracked runs from the task history, newest "
+                             "first: a table, or a JSON/CSV export")
+    _app_options(history)
+    history.add_argument("--state", choices=("queued", "running", "retrying", "succeeded",
+                                              "failed", "revoked"), help="only runs in this state")
+    history.add_argument("--name", help="only runs of this task name")
+    history.add_argument("--since", help="runs started since: 30d, 12h, 15m, 90s, 2w ago, or an "
+                         "ISO-8601 date/time (UTC unless it has an offset)")
+    history.add_argument("--until", help="runs started until (same forms as --since)")
+    history.add_argument("--limit", type=int, default=100,
+                         help="rows at most (1 to 500, default 100); the next page's cursor is "
+                         "printed on stderr")
+    history.add_argument("--cursor", help="continue after the page that printed this cursor")
+    history.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                         help="table (default), json (an array of rows) or csv (RFC 4180; cells "
+                         "starting with = + - @ ' tab or CR are prefixed with ')")
+    history.add_argument("--output", "-o", metavar="FILE",
+                         help="write the rows to FILE instead of stdout")
+    history.add_argument("--history", metavar="URL",
+                         help="the store (redis://host:port/db, sqlite:///file.db), instead of "
+                         "the app's (instrument(history=), OTEL_PROGRESS_HISTORY_URL, the Redis "
+                         "result backend)")
     return parser
 
 
@@ -190,10 +214,83 @@ def _demo(args: argparse.Namespace) -> int:
                     backend=args.backend)
 
 
+TABLE_COLUMNS = ("task_id", "task_name", "state", "attempt", "start", "duration_s", "jobs",
+                 "exc_type", "exc_message")
+
+
+def _history(args: argparse.Namespace) -> int:
+    from otel_progress import _backend
+    from otel_progress._history import (
+        BadQuery,
+        dumps_rows,
+        parse_time,
+        store_from_url,
+        write_csv,
+    )
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except BadQuery as exc:
+        raise CliError(str(exc)) from None
+    if not 1 <= args.limit <= 500:
+        raise CliError("--limit must be 1 to 500")
+    app = _celery_app(args) if (args.app or args.backend) else None
+    try:
+        store = store_from_url(args.history) if args.history else (
+            _backend.history_for(app) if app is not None else None)
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if store is None:
+        raise CliError("no task history: give -A module:app (with a Redis result backend, "
+                       "instrument(history=) or OTEL_PROGRESS_HISTORY_URL) or --history URL")
+    try:
+        rows, cursor = store.list(state=args.state, name=args.name, since=since, until=until,
+                                  limit=args.limit, cursor=args.cursor)
+    except BadQuery as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:
+        raise CliError(f"the task history is unreachable: {type(exc).__name__}: {exc}") \
+            from None
+    rows = [dict(r) for r in rows]
+    if app is not None:
+        rows = _backend.reconcile_rows(app, rows)
+    with contextlib.ExitStack() as stack:
+        out: Any = stack.enter_context(open(args.output, "w", encoding="utf-8", newline="")) \
+            if args.output else sys.stdout
+        if args.format == "json":
+            out.write(dumps_rows(rows))
+        elif args.format == "csv":
+            write_csv(rows, out)
+        else:
+            _history_table(rows, out)
+    if cursor is not None:
+        print(f"next cursor: {cursor}", file=sys.stderr)
+    return 0
+
+
+def _history_table(rows: list[dict[str, Any]], out: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(rows)} runs, newest first")
+    for column in TABLE_COLUMNS:  # ids and times whole; a long message wraps instead
+        table.add_column(column, no_wrap=column in ("task_id", "state", "start", "attempt"))
+    colours = {"failed": "red", "revoked": "yellow", "succeeded": "green"}
+    for row in rows:
+        cells = {**row, "jobs": f"{row['jobs_finished']}/{row['jobs_total']}"}
+        values = [Text("" if cells[c] is None else str(cells[c])) for c in TABLE_COLUMNS]
+        values[2].stylize(colours.get(str(row["state"]), ""))  # task text is never markup
+        table.add_row(*values)
+    terminal = hasattr(out, "isatty") and out.isatty()
+    Console(file=out, width=None if terminal else 200).print(table)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otel-progress`` console script."""
     args = _parser().parse_args(argv)
-    commands = {"demo": _demo, "watch": _watch, "serve": _serve}
+    commands = {"demo": _demo, "watch": _watch, "serve": _serve, "history": _history}
     try:
         return commands[args.command](args)
     except CliError as exc:

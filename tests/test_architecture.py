@@ -14,15 +14,17 @@ SDK_ALLOWED = {"_config", "_pipeline", "_lifecycle", "testing"}
 CELERY_AT_MODULE_LEVEL = {"_celery", "_backend", "celery", "_demo_app"}
 """``_demo_app`` is not a room of the library: it is the Celery application the demo's worker
 runs (the seeds as tasks), written as a user writes one."""
-PURE = {"_run", "_payload"}
+PURE = {"_run", "_payload", "_history"}
 """Rooms that import neither OpenTelemetry nor Celery, anywhere in the module."""
 UPPER = ("web", "cli", "history", "_demo", "_demo_app", "_demo_receiver", "_terminal")
 """Public rooms on top: they read through _backend, _payload and the public API only."""
 UPPER_MAY_IMPORT = {
     "otel_progress", "otel_progress._backend", "otel_progress._payload", "otel_progress.celery",
     "otel_progress.testing", "otel_progress._version", "otel_progress._safety",
-    "otel_progress._attributes",
+    "otel_progress._attributes", "otel_progress._history",
 }
+"""``_history`` holds the two stores (plain Python, redis and sqlite3): the Celery rooms write
+through it, the upper rooms read through it."""
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -138,4 +140,4 @@ def test_there_is_no_import_cycle() -> None:
 def test_the_walls_see_every_room() -> None:
     """The wall tests read the real package (a moved file must not slip past them)."""
     assert {"_run", "_payload", "_spans", "_backend", "_celery", "_publish", "celery",
-            "_config", "_lifecycle", "testing"} <= set(MODULES)
+            "_config", "_lifecycle", "testing", "_history", "history"} <= set(MODULES)

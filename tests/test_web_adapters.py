@@ -203,7 +203,11 @@ DJANGO_SCRIPT = """
         get("envelope", f"/progress/tasks/{task_id}?format=celery-progress")
         get("long", "/progress/tasks/" + "x" * 256)
         get("unknown", "/progress/tasks/00000000-0000-0000-0000-000000000000")
+        get("list", "/progress/tasks?since=1h&limit=500")
+        get("list_bad", "/progress/tasks?limit=900")
+        get("log", f"/progress/tasks/{task_id}/log")
     with override_settings(OTEL_PROGRESS_AUTHORIZE=__name__ + ".can_see"):
+        get("list_no", "/progress/tasks")
         get("auth_ok", f"/progress/tasks/{task_id}", X_Token="let-me-in")
         get("auth_ok_view", f"/progress/tasks/{task_id}/view", X_Token="let-me-in")
         get("auth_no", f"/progress/tasks/{task_id}")
@@ -247,6 +251,34 @@ def test_django_authorize_setting_dotted_path_and_callable(
     assert [200, 200, 403, 403, 200] == [django_answers[k][0] for k in (
         "auth_ok", "auth_ok_view", "auth_no", "auth_no_view", "callable")]
     assert "data-otel-progress" in django_answers["auth_ok_view"][2]
+
+
+def test_django_views_list_the_history_and_serve_the_log(django_answers: dict[str, Any],
+                                                         finished: str) -> None:
+    """Django: tasks lists history rows (400 for a bad limit, 403 refused), log is text."""
+    status, _, body = django_answers["list"]
+    assert (200, True) == (status, finished in [r["task_id"] for r in body["tasks"]])
+    assert [400, 403] == [django_answers[k][0] for k in ("list_bad", "list_no")]
+    status, headers, text = django_answers["log"]
+    assert (200, "text/plain; charset=utf-8", True) == (
+        status, headers["content-type"], "Task Finished" in text)
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_fastapi_and_flask_list_the_history_and_serve_the_log(
+        framework: str, fastapi_client: Any, flask_client: Any, finished: str) -> None:
+    """FastAPI and Flask: /tasks lists history rows, /tasks/<id>/log is text, deny is 403."""
+    client = fastapi_client if framework == "fastapi" else flask_client
+    listed = client.get("/anon/tasks?since=1h&limit=500")
+    body = listed.json() if framework == "fastapi" else listed.get_json()
+    log = client.get(f"/anon/tasks/{finished}/log")
+    text = log.text if framework == "fastapi" else log.get_data(as_text=True)
+    assert (200, True) == (listed.status_code,
+                           finished in [r["task_id"] for r in body["tasks"]])
+    assert (200, "text/plain; charset=utf-8", True) == (
+        log.status_code, log.headers["content-type"], "Task Finished" in text)
+    assert [403, 403, 400] == [client.get(u).status_code for u in (
+        "/deny/tasks", f"/deny/tasks/{finished}/log", "/anon/tasks?state=done")]
 
 
 def test_adapters_answer_alike(fastapi_client: Any, flask_client: Any, finished: str,

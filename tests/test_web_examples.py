@@ -22,3 +22,15 @@ def test_web_example_runs_a_task_to_its_end(example: str) -> None:
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert (0, True) == (out.returncode, "check ok" in out.stdout), out.stdout + out.stderr
     assert "/progress/tasks/" in out.stdout
+
+
+def test_django_history_admin_lists_filters_searches_and_exports() -> None:
+    """`python -m examples.django_history --check`: log in, list, filter, search, export."""
+    env = child_environment({})
+    env.pop("REDIS_URL", None)
+    out = subprocess.run([sys.executable, "-m", "examples.django_history", "--check", "--port",
+                          "0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert (0, True) == (out.returncode, "check ok" in out.stdout), out.stdout + out.stderr
+    checked = [line.split()[-1] for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert ["ok"] * 7 == checked  # list, filter, search by id and by name, csv, json, log

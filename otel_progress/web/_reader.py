@@ -24,7 +24,23 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
-from otel_progress._backend import READ_TIMEOUT, BackendUnavailable, bounded, read
+from otel_progress._backend import (
+    READ_TIMEOUT,
+    BackendUnavailable,
+    bounded,
+    history_for,
+    read,
+    reconcile_rows,
+)
+from otel_progress._history import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    STATES,
+    BadQuery,
+    is_store,
+    parse_time,
+    store_from_url,
+)
 from otel_progress._payload import CELERY_FINAL, CELERY_STATES, FINAL_STATES, iso, parse_iso
 from otel_progress._safety import log_once, safe_str
 from otel_progress.web import STALE_AFTER, STATIC_DIR, WRITE_INTERVAL, _page
@@ -48,6 +64,7 @@ SCHEDULED_MISS_TTL: Final = 5.0
 _CACHE_SIZE: Final = 1024
 
 JSON_TYPE: Final = "application/json"
+TEXT_TYPE: Final = "text/plain; charset=utf-8"
 HTML_TYPE: Final = "text/html; charset=utf-8"
 JS_TYPE: Final = "text/javascript; charset=utf-8"
 _BASE_HEADERS: Final = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
@@ -197,6 +214,7 @@ class Reader:
         stale_after: float = STALE_AFTER,
         timeout: float = READ_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        history: object = None,
     ) -> None:
         if policy not in ("authorize", "anonymous", "loopback", "deny"):
             raise ValueError(f"unknown policy {policy!r}")
@@ -213,6 +231,12 @@ class Reader:
         self.stale_after = float(stale_after)
         self.timeout = float(timeout)
         self.clock = clock
+        if isinstance(history, str):
+            history = store_from_url(history)
+        elif history is not None and history is not False and not is_store(history):
+            raise TypeError("history must be a store (record/get/list), a URL, None or False")
+        self.history = history
+        """The store ``GET /tasks`` lists (None: the app's, as its workers choose; False: none)."""
         self._etas = _EtaCache()
         self._widget: bytes | None = None
 
@@ -243,8 +267,9 @@ class Reader:
         return self.error(403, "forbidden", facts)
 
     def decide(self, hook: Callable[..., object] | None, request: object,
-               task_id: str) -> object:
-        """Run ``hook(request, task_id)``; an exception is logged once and refuses (False)."""
+               task_id: str | None) -> object:
+        """Run ``hook(request, task_id)`` (``task_id=None`` for the list); an exception is logged
+        once and refuses (False)."""
         if hook is None:
             return None
         try:
@@ -331,6 +356,87 @@ class Reader:
         if facts.request_headers:
             headers.append(("Access-Control-Allow-Headers", safe_str(facts.request_headers, 500)))
         return Answer(204, tuple(headers), b"")
+
+    # --- the history routes ----------------------------------------------------------------
+    def store(self) -> Any:
+        """The history store this reader lists from, or None."""
+        if self.history is False:
+            return None
+        return self.history if self.history is not None else history_for(self.app)
+
+    def list_query(self, params: Mapping[str, str],
+                   facts: Facts | None = None) -> Answer | dict[str, Any]:
+        """``GET /tasks``'s query as keyword arguments of ``store.list()``, or a 400.
+
+        ``state`` (one of the six states), ``name`` (a task name), ``since``/``until`` (ISO-8601,
+        epoch seconds, or ``30d``/``12h``/``15m`` ago), ``limit`` (1 to 500, default 100),
+        ``cursor`` (the ``next_cursor`` of the previous page). Other parameters are ignored.
+        """
+        query: dict[str, Any] = {"limit": DEFAULT_LIMIT}
+        try:
+            state = params.get("state")
+            if state:
+                if state not in STATES:
+                    raise BadQuery("unknown state")
+                query["state"] = state
+            name = params.get("name")
+            if name:
+                if not valid_task_id(name):
+                    raise BadQuery("malformed name")
+                query["name"] = name
+            for key in ("since", "until"):
+                value = params.get(key)
+                if value:
+                    query[key] = parse_time(value, self.clock())
+            limit = params.get("limit")
+            if limit:
+                if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+                    raise BadQuery("bad limit")
+                query["limit"] = int(limit)
+            cursor = params.get("cursor")
+            if cursor:
+                if len(cursor) > 1024 or not valid_task_id(cursor[:255]):
+                    raise BadQuery("malformed cursor")
+                query["cursor"] = cursor
+        except BadQuery as exc:
+            return self.error(400, safe_str(exc, 200), facts)
+        return query
+
+    def list_lookup(self, query: Mapping[str, Any], facts: Facts | None = None) -> Answer:
+        """``GET /tasks`` after check and gate (blocking): ``{"tasks": [row, ...],
+        "next_cursor": str | null}``, newest first; 404 without a history; 503 when it fails."""
+        try:
+            store = self.store()
+        except Exception as exc:
+            log_once("web.history", "otel_progress: no task history (%s)", safe_str(exc, 200))
+            store = None
+        if store is None:
+            return self.error(404, "no task history", facts)
+        try:
+            rows, cursor = bounded(lambda: store.list(**query), self.timeout)
+        except BadQuery as exc:
+            return self.error(400, safe_str(exc, 200), facts)
+        except Exception as exc:
+            log_once("web.history-down", "otel_progress: the task history did not answer (%s: "
+                     "%s); answering 503", type(exc).__name__, safe_str(exc, 200))
+            return self.unavailable(facts)
+        rows = reconcile_rows(self.app, [dict(r) for r in rows])
+        return Answer(200, self._headers(JSON_TYPE, facts),
+                      _json_bytes({"tasks": rows, "next_cursor": cursor}))
+
+    def log_lookup(self, task_id: str, facts: Facts | None = None) -> Answer:
+        """``GET /tasks/<id>/log`` after check and gate (blocking): the seed log as text/plain,
+        from the live payload or the history row; 404 for an id never tracked; 503."""
+        try:
+            payload = read(self.app, task_id, children=False, timeout=self.timeout)
+        except Exception as exc:
+            log_once("web.log", "otel_progress: reading a task's log failed (%s: %s); "
+                     "answering 503", type(exc).__name__, safe_str(exc, 200))
+            return self.unavailable(facts)
+        if payload is None:
+            return self.error(404, "not found", facts)
+        text = safe_str(payload.get("log") or "", 64 * 1024)
+        return Answer(200, self._headers(TEXT_TYPE, facts), text.encode("utf-8"))
 
     def error(self, status: int, message: str, facts: Facts | None = None) -> Answer:
         """A JSON error that says nothing about any task: ``{"error": message}``."""

@@ -15,9 +15,12 @@ from starlette.routing import BaseRoute, Route
 
 from otel_progress.web._reader import Answer, Facts, Reader, policy_of
 
-Authorize = Callable[[Request, str], bool | Awaitable[bool]]
-"""``authorize(request, task_id) -> bool`` (a coroutine function works too)."""
+Authorize = Callable[[Request, Any], bool | Awaitable[bool]]
+"""``authorize(request, task_id) -> bool`` (a coroutine function works too); ``task_id`` is
+None for the list ``GET /tasks``."""
 
+LIST_PATH = "/tasks"
+LOG_PATH = "/tasks/{task_id}/log"
 TASK_PATH = "/tasks/{task_id}"
 VIEW_PATH = "/tasks/{task_id}/view"
 WIDGET_PATH = "/static/otel-progress.js"
@@ -47,6 +50,9 @@ class Endpoints:
         refused = self.reader.check(task_id, request.query_params, about)
         if refused is not None:
             return refused
+        return await self._gate(request, task_id, about)
+
+    async def _gate(self, request: Request, task_id: str | None, about: Facts) -> Answer | None:
         decision: object = None
         if self.authorize is not None:
             hook = self.authorize
@@ -78,6 +84,28 @@ class Endpoints:
         refused = await self._refusal(request, task_id, about)
         return response(refused if refused is not None else self.reader.view(task_id, about))
 
+    async def tasks(self, request: Request) -> Response:
+        """``GET /tasks?state=&name=&since=&until=&limit=&cursor=``: history rows, newest first."""
+        about = facts(request)
+        query = self.reader.list_query(request.query_params, about)
+        if isinstance(query, Answer):
+            return response(query)
+        refused = await self._gate(request, None, about)
+        if refused is not None:
+            return response(refused)
+        return response(await run_in_threadpool(self.reader.list_lookup, query, about))
+
+    async def log(self, request: Request) -> Response:
+        """``GET /tasks/{task_id}/log``: the run's seed log as text/plain."""
+        task_id = request.path_params["task_id"]
+        about = facts(request)
+        refused = self.reader.check(task_id, None, about)
+        if refused is None:
+            refused = await self._gate(request, task_id, about)
+        if refused is not None:
+            return response(refused)
+        return response(await run_in_threadpool(self.reader.log_lookup, task_id, about))
+
     async def widget(self, request: Request) -> Response:
         """``GET /static/otel-progress.js``: public, it holds no task data."""
         return response(self.reader.widget(facts(request)))
@@ -85,6 +113,8 @@ class Endpoints:
     def routes(self) -> list[BaseRoute]:
         """The routes, relative to wherever they are mounted."""
         return [
+            Route(LIST_PATH, self.tasks, methods=["GET"], name="otel_progress_tasks"),
+            Route(LOG_PATH, self.log, methods=["GET"], name="otel_progress_log"),
             Route(TASK_PATH, self.task, methods=["GET", "OPTIONS"], name="otel_progress_task"),
             Route(VIEW_PATH, self.view, methods=["GET"], name="otel_progress_view"),
             Route(WIDGET_PATH, self.widget, methods=["GET"], name="otel_progress_widget"),
@@ -100,8 +130,10 @@ def create_app(
     include_traceback: bool = False,
     cors_origins: Sequence[str] | None = None,
     include_result: bool = False,
+    history: object = None,
 ) -> Starlette:
-    """The status app: ``GET /tasks/{id}``, ``GET /tasks/{id}/view``, the widget's JS.
+    """The status app: ``GET /tasks/{id}``, ``GET /tasks/{id}/view``, the widget's JS, and
+    from the task history ``GET /tasks`` (a filtered page of rows) and ``GET /tasks/{id}/log``.
 
     An ASGI app on Starlette; serve it with ``uvicorn`` (it binds 127.0.0.1 by default)::
 
@@ -113,12 +145,14 @@ def create_app(
     ``authorize(request, task_id) -> bool`` gets Starlette's ``Request`` and runs after the id's
     format check and before any lookup; only ``True`` allows. ``include_traceback`` and
     ``include_result`` opt in to the traceback and to Celery's result; ``cors_origins`` lists the
-    origins a browser may read from (CORS is off without it).
+    origins a browser may read from (CORS is off without it). ``history`` is the store
+    ``GET /tasks`` lists (a store or a URL; default: the one the app's workers write, False:
+    none); ``authorize(request, None)`` decides who may list.
     """
     reader = Reader(
         celery_app, policy=policy_of(authorize, allow_anonymous, default="loopback"),
         trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
-        cors_origins=cors_origins,
+        cors_origins=cors_origins, history=history,
     )
     endpoints = Endpoints(reader, authorize)
 

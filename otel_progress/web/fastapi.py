@@ -23,7 +23,15 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from otel_progress.web._reader import Reader, policy_of
-from otel_progress.web._starlette import TASK_PATH, VIEW_PATH, WIDGET_PATH, Authorize, Endpoints
+from otel_progress.web._starlette import (
+    LIST_PATH,
+    LOG_PATH,
+    TASK_PATH,
+    VIEW_PATH,
+    WIDGET_PATH,
+    Authorize,
+    Endpoints,
+)
 
 __all__ = ["router"]
 
@@ -37,15 +45,22 @@ def router(
     include_traceback: bool = False,
     cors_origins: Sequence[str] | None = None,
     include_result: bool = False,
+    history: object = None,
 ) -> APIRouter:
-    """An ``APIRouter`` with ``GET /tasks/{task_id}``, ``/tasks/{task_id}/view`` and the widget."""
+    """An ``APIRouter`` with ``GET /tasks/{task_id}``, ``/tasks/{task_id}/view``, the widget,
+    ``GET /tasks`` (history rows) and ``GET /tasks/{task_id}/log``."""
     reader = Reader(
         celery_app, policy=policy_of(authorize, allow_anonymous, default="deny"),
         trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
-        cors_origins=cors_origins,
+        cors_origins=cors_origins, history=history,
     )
     endpoints = Endpoints(reader, authorize)
     api = APIRouter(tags=["otel_progress"])
+    api.add_api_route(LIST_PATH, endpoints.tasks, methods=["GET"], response_class=Response,
+                      name="otel_progress_tasks",
+                      summary="Task history: ?state=&name=&since=&until=&limit=&cursor=")
+    api.add_api_route(LOG_PATH, endpoints.log, methods=["GET"], response_class=Response,
+                      name="otel_progress_log", summary="A task's log (text/plain)")
     api.add_api_route(TASK_PATH, endpoints.task, methods=["GET", "OPTIONS"],
                       response_class=Response, name="otel_progress_task",
                       summary="A task's progress payload (or ?format=celery-progress)")

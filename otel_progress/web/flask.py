@@ -40,31 +40,49 @@ def _facts() -> Facts:
 def blueprint(
     celery_app: Any,
     *,
-    authorize: Callable[[Any, str], bool] | None = None,
+    authorize: Callable[[Any, Any], bool] | None = None,
     allow_anonymous: bool = False,
     trace_url: str | None = None,
     include_traceback: bool = False,
     cors_origins: Sequence[str] | None = None,
     include_result: bool = False,
     name: str = "otel_progress",
+    history: object = None,
 ) -> Blueprint:
-    """A blueprint with ``GET /tasks/<task_id>``, ``/tasks/<task_id>/view`` and the widget."""
+    """A blueprint with ``GET /tasks/<task_id>``, ``/tasks/<task_id>/view``, the widget,
+    ``GET /tasks`` (history rows) and ``GET /tasks/<task_id>/log``."""
     reader = Reader(
         celery_app, policy=policy_of(authorize, allow_anonymous, default="deny"),
         trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
-        cors_origins=cors_origins,
+        cors_origins=cors_origins, history=history,
     )
     routes = Blueprint(name, __name__)
 
-    def refusal(task_id: str, about: Facts) -> Answer | None:
-        refused = reader.check(task_id, request.args, about)
-        if refused is not None:
-            return refused
+    def refusal(task_id: str | None, about: Facts) -> Answer | None:
+        if task_id is not None:
+            refused = reader.check(task_id, request.args, about)
+            if refused is not None:
+                return refused
         decision = None
         if authorize is not None:
             decision = reader.decide(authorize, request._get_current_object(),  # type: ignore[attr-defined]
                                      task_id)
         return reader.gate(about, decision)
+
+    @routes.route("/tasks", methods=["GET"])
+    def tasks() -> Response:
+        about = _facts()
+        query = reader.list_query(request.args, about)
+        if isinstance(query, Answer):
+            return _response(query)
+        refused = refusal(None, about)
+        return _response(refused if refused is not None else reader.list_lookup(query, about))
+
+    @routes.route("/tasks/<task_id>/log", methods=["GET"])
+    def log(task_id: str) -> Response:
+        about = _facts()
+        refused = refusal(task_id, about)
+        return _response(refused if refused is not None else reader.log_lookup(task_id, about))
 
     @routes.route("/tasks/<task_id>", methods=["GET", "OPTIONS"], provide_automatic_options=False)
     def task(task_id: str) -> Response:

@@ -56,3 +56,27 @@ def configuration() -> None:
     with strict(), capture_spans() as spans:
         names: list[str] = spans.names()
         assert names is not None
+
+
+def history_usage(app: Any) -> list[str]:
+    import io
+
+    from otel_progress.history import (
+        ROW_KEYS,
+        HistoryRow,
+        RedisHistory,
+        SQLiteHistory,
+        read_csv,
+        store_for,
+        write_csv,
+    )
+
+    ProgressInstrumentor().instrument(history=SQLiteHistory("history.db", retention_s=86400.0))
+    ProgressInstrumentor().instrument(history="redis://127.0.0.1:6379/0")
+    store = store_for(app) or RedisHistory("redis://127.0.0.1:6379/0")
+    rows, cursor = store.list(state="failed", limit=10)
+    page: list[HistoryRow] = SQLiteHistory("history.db").list(name="t", cursor=cursor)[0]
+    out = io.StringIO()
+    write_csv(page, out)
+    assert read_csv(out.getvalue()) == page and list(ROW_KEYS)
+    return [str(r) for r in rows]

@@ -14,6 +14,8 @@ Settings (all optional but the access one; read when the first request comes, an
   ``"http://localhost:16686/trace/{trace_id}"``.
 - ``OTEL_PROGRESS_INCLUDE_TRACEBACK``, ``OTEL_PROGRESS_INCLUDE_RESULT``: opt-ins (default off).
 - ``OTEL_PROGRESS_CORS_ORIGINS``: origins a browser may read from (default: CORS off).
+- ``OTEL_PROGRESS_HISTORY``: the task history ``tasks`` lists (a store, its dotted path, or a
+  URL such as ``"sqlite:////var/lib/app/history.db"``; default: the one the workers write).
 
 The widget is also a static file: add ``otel_progress.web.STATIC_DIR`` to ``STATICFILES_DIRS``
 and use ``{% static "otel-progress.js" %}``.
@@ -31,7 +33,7 @@ from django.utils.module_loading import import_string
 
 from otel_progress.web._reader import Answer, Facts, Reader, policy_of
 
-__all__ = ["reset", "task", "view", "widget"]
+__all__ = ["log", "reset", "task", "tasks", "view", "widget"]
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -64,8 +66,16 @@ def _configured() -> tuple[Reader, Any]:
                 include_traceback=bool(_setting("OTEL_PROGRESS_INCLUDE_TRACEBACK", False)),
                 include_result=bool(_setting("OTEL_PROGRESS_INCLUDE_RESULT", False)),
                 cors_origins=_setting("OTEL_PROGRESS_CORS_ORIGINS"),
+                history=_history_setting(),
             )
         return _state["reader"], _state["hook"]
+
+
+def _history_setting() -> object:
+    value = _setting("OTEL_PROGRESS_HISTORY")
+    if isinstance(value, str) and "://" not in value:
+        return import_string(value)
+    return value
 
 
 def reset(**_kwargs: Any) -> None:
@@ -89,14 +99,35 @@ def _facts(request: HttpRequest) -> Facts:
     return Facts.from_headers(request.META.get("REMOTE_ADDR"), request.headers)
 
 
-def _refusal(request: HttpRequest, task_id: str, reader: Reader, hook: Any,
+def _refusal(request: HttpRequest, task_id: str | None, reader: Reader, hook: Any,
              about: Facts) -> Answer | None:
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         return reader.error(405, "method not allowed", about)
-    refused = reader.check(task_id, request.GET, about)
-    if refused is not None:
-        return refused
+    if task_id is not None:
+        refused = reader.check(task_id, request.GET, about)
+        if refused is not None:
+            return refused
     return reader.gate(about, reader.decide(hook, request, task_id))
+
+
+def tasks(request: HttpRequest) -> HttpResponse:
+    """``GET tasks?state=&name=&since=&until=&limit=&cursor=``: history rows, newest first
+    (the hook is called with ``task_id=None``)."""
+    reader, hook = _configured()
+    about = _facts(request)
+    query = reader.list_query(request.GET, about)
+    if isinstance(query, Answer):
+        return _response(query)
+    refused = _refusal(request, None, reader, hook, about)
+    return _response(refused if refused is not None else reader.list_lookup(query, about))
+
+
+def log(request: HttpRequest, task_id: str) -> HttpResponse:
+    """``GET tasks/<task_id>/log``: the run's seed log as text/plain."""
+    reader, hook = _configured()
+    about = _facts(request)
+    refused = _refusal(request, task_id, reader, hook, about)
+    return _response(refused if refused is not None else reader.log_lookup(task_id, about))
 
 
 def task(request: HttpRequest, task_id: str) -> HttpResponse:

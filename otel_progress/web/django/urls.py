@@ -1,14 +1,16 @@
-"""``path("progress/", include("otel_progress.web.django.urls"))``: the three routes."""
+"""``path("progress/", include("otel_progress.web.django.urls"))``: every route."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from otel_progress.web.django import task, view, widget
+from otel_progress.web.django import log, task, tasks, view, widget
 
 app_name = "otel_progress"
 
 urlpatterns = [
+    path("tasks", tasks, name="tasks"),
+    path("tasks/<str:task_id>/log", log, name="log"),
     path("tasks/<str:task_id>", task, name="task"),
     path("tasks/<str:task_id>/view", view, name="view"),
     path("static/otel-progress.js", widget, name="widget"),
