@@ -33,7 +33,14 @@ from celery.exceptions import Ignore, Reject, Retry
 from otel_progress import _backend, _lifecycle, _publish, _spans
 from otel_progress._publish import DuckTarget
 from otel_progress._run import FAILED, RETRYING, REVOKED, Outcome, Run
-from otel_progress._safety import guard, internal_error, log_once, safe_str
+from otel_progress._safety import (
+    exception_text,
+    guard,
+    internal_error,
+    log_once,
+    redact,
+    safe_str,
+)
 
 CONTROL_FLOW: Final = (Retry, Ignore, Reject)
 """Exceptions that steer Celery: they pass through sections unchanged and are not errors."""
@@ -140,8 +147,8 @@ def run_for_current_task(
             if run is not None and not (run.finished and run.attempt != info.attempt):
                 return run
             run = Run(
-                safe_str(task_uuid) if task_uuid is not None else info.task_id,
-                safe_str(task_name) if task_name is not None else info.name,
+                redact(safe_str(task_uuid)) if task_uuid is not None else info.task_id,
+                redact(safe_str(task_name)) if task_name is not None else info.name,
                 expected_sections=expected_sections,
                 celery_task_id=info.task_id,
                 attempt=info.attempt,
@@ -157,9 +164,9 @@ def run_for_current_task(
             target = _backend.TaskTarget(info.task, info.task_id, info.request)
             _publish.publish(run, target, _event_sender(info.task, info.task_id))
         return run
-    name = safe_str(task_name) if task_name is not None else _default_name(observed_task)
+    name = redact(safe_str(task_name)) if task_name is not None else _default_name(observed_task)
     run = Run(
-        safe_str(task_uuid) if task_uuid is not None else str(uuid.uuid4()),
+        redact(safe_str(task_uuid)) if task_uuid is not None else str(uuid.uuid4()),
         name,
         expected_sections=expected_sections,
         include_traceback=include_traceback,
@@ -360,8 +367,10 @@ def _chord_callback_id(headers: dict[str, Any], body: Any) -> str | None:
     return None
 
 
-def _on_revoked(request: Any = None, terminated: bool = False, **_kwargs: Any) -> None:
-    """A running task revoked in this process: its run ends ``revoked``."""
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
+                signum: Any = None, **_kwargs: Any) -> None:
+    """A running task revoked in this process: its run ends ``revoked``. Terminated in a pool
+    child (the main worker process hears of it): the child's open spans are ended for it."""
     with guard("celery.task_revoked"):
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
         if not task_id:
@@ -372,6 +381,23 @@ def _on_revoked(request: Any = None, terminated: bool = False, **_kwargs: Any) -
                 if run.close_section(node, "aborted", None):
                     _spans.end_section(run, node, None)
             finish(run, outcome=REVOKED, complete=False)
+        elif terminated and sender is not None:
+            _backend.post_mortem_later(sender.app, str(task_id), "Terminated",
+                                       f"revoked: terminated by signal {safe_str(signum)}",
+                                       time.time())
+
+
+def _on_task_failure(sender: Any = None, task_id: Any = None, exception: Any = None,
+                     **_kwargs: Any) -> None:
+    """A pool child died with its task (``WorkerLostError``: SIGKILL, OOM) or was killed at its
+    hard time limit (``TimeLimitExceeded``): Celery tells the main worker process, which ends
+    the spans the child left open (``_backend.post_mortem_later``)."""
+    with guard("celery.task_failure"):
+        if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)) or not task_id \
+                or sender is None or run_of_task(str(task_id)) is not None:
+            return
+        _backend.post_mortem_later(sender.app, str(task_id), type(exception).__name__,
+                                   exception_text(exception), time.time())
 
 
 def _bridge_shutdown(deadline: float) -> None:
@@ -407,6 +433,7 @@ def install() -> None:
         (signals.worker_init, _on_worker_init),
         (signals.before_task_publish, _on_before_publish),
         (signals.task_revoked, _on_revoked),
+        (signals.task_failure, _on_task_failure),
     ):
         signal.connect(handler, weak=False)
         _connected.append((signal, handler))

@@ -93,7 +93,9 @@ class Publisher:
             run = self.run
             try:
                 _spans.sync(run)
-                payload = _payload.build(run)
+                # Only our own key keeps the private part (TaskTarget strips it elsewhere).
+                payload = _payload.build(run, _spans.open_span_facts(run) if isinstance(
+                    self.target, _backend.TaskTarget) else None)
             except Exception as exc:
                 internal_error("publish.payload", exc)
                 return

@@ -20,6 +20,7 @@ from otel_progress._safety import (
     exception_class_line,
     exception_text,
     logger,
+    redact,
     safe_str,
     type_name,
 )
@@ -270,9 +271,9 @@ class Run:
             import traceback
 
             try:
-                self.latest_traceback = safe_str(
+                self.latest_traceback = redact(safe_str(
                     "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), 8000
-                )
+                ))
             except Exception:
                 self.latest_traceback = None
 
