@@ -423,8 +423,11 @@ class Reading:
         """Celery ended the task, our payload still says running and lists open spans: the
         process that ran it died with them (their originals were never exported)."""
         ours, celery = self.ours, self.celery or {}
-        return bool(ours and celery.get("status") in CELERY_FINAL
-                    and ours.get("state") not in FINAL_STATES and _open_spans(ours))
+        if not ours or not _open_spans(ours):
+            return False
+        exc_type = _exc_facts(celery.get("result"))[0]
+        return celery.get("status") == "REVOKED" or (
+            celery.get("status") == "FAILURE" and exc_type in DEATHS)
 
 
 # --- post-mortem span closure -------------------------------------------------------------------
@@ -433,6 +436,9 @@ CLOSED_PREFIX: Final = "otel-progress-closed-"
 POST_MORTEM_DELAY: Final = 1.0
 """Seconds between learning of a death and reading the payload: a child killed by SIGTERM (a
 revoke, billiard's hard time limit) may still be making its own final write, which wins."""
+DEATHS: Final = frozenset({"WorkerLostError", "TimeLimitExceeded"})
+"""Celery's exception types for a process that died with its task (a FAILURE of another type
+had a living process end its own spans)."""
 _closing: OrderedDict[str, None] = OrderedDict()
 _closing_lock = threading.Lock()
 
@@ -459,7 +465,7 @@ def claim_post_mortem(backend: Any, task_id: str) -> bool:
 def post_mortem_later(app: Any, task_id: str, error_type: str, message: str,
                       died_at: float) -> None:
     """In the background, after POST_MORTEM_DELAY: if ``task_id``'s payload still lists open
-    spans and no final payload of ours landed, export them ended at ``died_at``, ERROR with
+    spans (a final payload of a normal end lists none), export them ended at ``died_at``, ERROR with
     ``error_type``, once (:func:`claim_post_mortem`). Nothing here waits on the caller's thread:
     the main worker process and the status app call it."""
     if not _lifecycle.post_mortem_ready():
@@ -474,7 +480,9 @@ def post_mortem_later(app: Any, task_id: str, error_type: str, message: str,
     def close() -> None:
         time.sleep(POST_MORTEM_DELAY)
         ours = _read_many(app, [task_id], READ_TIMEOUT)[0].ours
-        if ours is None or ours.get("state") in FINAL_STATES or not (spans := _open_spans(ours)):
+        # Open spans in a running payload (the last progress write) or in a dying child's final
+        # one; a normal final payload lists none.
+        if ours is None or not (spans := _open_spans(ours)):
             return
         if claim_post_mortem(app.backend, task_id):
             sent = _lifecycle.export_post_mortem(spans, died_at, safe_str(error_type, 200),

@@ -279,9 +279,12 @@ def task_ended(task_id: str, exc: BaseException | None) -> None:
         section_outcome: Outcome = "succeeded"
         if outcome in (FAILED, REVOKED):
             section_outcome = "failed" if isinstance(exc, Exception) else "aborted"
+        killed = dying(exc)
         for node in run.open_nodes():
+            if killed:
+                _spans.leave_for_post_mortem(run, node)
             if run.close_section(node, section_outcome,
-                                 exc if section_outcome != "succeeded" else None):
+                                 exc if section_outcome != "succeeded" else None) and not killed:
                 _spans.end_section(run, node, exc if section_outcome != "succeeded" else None)
         if isinstance(exc, Retry):
             run.retry_at = _retry_at(exc)
@@ -290,6 +293,19 @@ def task_ended(task_id: str, exc: BaseException | None) -> None:
             run.failed = True
             run.remember_exception(exc)
         finish(run, outcome=outcome, complete=exc is None or outcome == RETRYING)
+
+
+def dying(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is billiard killing this pool child: the ``SystemExit(-(256 - signum))``
+    its SIGTERM handler raises (a revoke's terminate, a hard time limit), SIGKILL 0.1 s behind.
+
+    Too soon to export anything: the open spans are left unended and listed in the final
+    payload's private part, and the main worker process ends them (post-mortem), once, as
+    ERROR with ``error.type`` ``Terminated``/``TimeLimitExceeded``."""
+    if not isinstance(exc, SystemExit) or not isinstance(exc.code, int) or exc.code >= 0:
+        return False
+    info = current_celery_task()
+    return info is not None and not info.eager
 
 
 def _retry_at(exc: Retry) -> float | None:

@@ -125,7 +125,7 @@ class Publisher:
         _flusher.unregister(self)
         locked = self.write_lock.acquire(timeout=max(timeout, 0.0))
         try:
-            payload = _payload.build(self.run)
+            payload = _payload.build(self.run, self.run.dying_spans or None)
             self._write(lambda: self.target.final(payload, self.run.children))
         except Exception as exc:
             internal_error("publish.final", exc)

@@ -182,6 +182,9 @@ class Run:
         self.ends_on_drop = celery_task_id is None
         """Nobody ends this run at a task end: its facade does when it is dropped."""
         self.node = Node(task_name, None)
+        self.dying_spans: list[Any] = []
+        """Open spans of a run whose process is being killed (SIGTERM before SIGKILL): left
+        unended, listed in the final payload's private part for the main process to end."""
 
     # --- sections ------------------------------------------------------------------------------
     def add_section(self, name: str, parent: Node | None) -> Node:

@@ -119,7 +119,11 @@ class Section:
         updater = self._updater
         run = updater._run
         try:
-            if run.close_section(node, outcome, exc if outcome != "succeeded" else None):
+            killed = outcome == "aborted" and _celery.dying(exc)
+            if killed:  # the process goes in 0.1 s: the main worker process ends the span
+                _spans.leave_for_post_mortem(run, node)
+            if run.close_section(node, outcome, exc if outcome != "succeeded" else None) \
+                    and not killed:
                 _spans.end_section(run, node, exc)
         except Exception as err:
             internal_error("TaskUpdater.section.exit", err)

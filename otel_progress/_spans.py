@@ -333,6 +333,15 @@ def _open_span(span: Any, name: str, start: float, depth: int) -> OpenSpan | Non
     )
 
 
+def leave_for_post_mortem(run: Run, node: Node) -> None:
+    """``node``'s span is left unended (its process is being killed) and listed for the main
+    worker process to end (the final payload's private part)."""
+    if node.state == "running" and len(run.dying_spans) < MAX_OPEN_SPANS:
+        item = _open_span(node.span, node.name, node.start, node.depth)
+        if item is not None:
+            run.dying_spans.insert(0, item)  # innermost leave first: keep outermost first
+
+
 def open_span_facts(run: Run) -> list[OpenSpan]:
     """The run's spans that have not ended, outermost first (the run span, then sections).
 
