@@ -133,7 +133,7 @@ class Observer:
         # The hot path: no span call unless the message changed (the flusher and the run's end
         # push the progress attributes), plain compares instead of min()/max(), one dict.
         try:
-            if total.__class__ is not int or total <= 0:
+            if total.__class__ is not int or not 0 < total <= MAX_INT:  # 10**400 clamps
                 num = as_number(total, "Observer.update(total=)", self)
                 total = abs(num) if num else 100
             if current is not None:

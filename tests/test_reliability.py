@@ -29,6 +29,7 @@ from otel_progress._safety import REDACTED, default_redact, logger
 from otel_progress.celery import get_progress
 from otel_progress.testing import SpanCapture
 from otel_progress.web import create_app
+from tests.support import run_python
 from tests.support.celery_worker import CeleryWorker
 from tests.support.otlp_receiver import OtlpGrpcReceiver, SpanRecord
 from tests.support.redis_server import RedisServer
@@ -362,3 +363,42 @@ def test_fifty_concurrent_tasks_keep_their_own_sections_and_notifications(
                 or {tag} != set(re.findall(r"\b([tg]\d+)-s\d", payload["log"]))):
             leaks.append(tag)
     assert ([], 50) == (leaks, len(runs and run_of))
+
+
+# --- limits and what a payload never carries ---------------------------------------------------
+def test_span_limits_cap_events_and_attribute_lengths_and_count_the_drops(
+        tmp_path: Any, otlp_receiver: OtlpGrpcReceiver) -> None:
+    """1,500 notifications, a 10,000-character value, 200 attributes: the SDK's SpanLimits keep
+    1,000 events, 4,096 characters and 128 attributes; OTLP carries the dropped counts."""
+    result = run_python(f"""
+        from otel_progress import TaskUpdater, configure, shutdown
+        configure(endpoint={otlp_receiver.endpoint!r}, insecure=True, timeout=2, metrics=False)
+        updater = TaskUpdater(task_name="limits")
+        with updater(task_name="chatty"):
+            for i in range(1500):
+                updater.notify(f"n{{i}}")
+            updater.notify("wide", **{{f"k{{i}}": i for i in range(200)}})
+            updater.notify("long", value="x" * 10_000)
+        updater.insert_final_update()
+        shutdown()
+    """, tmp_path)
+    assert 0 == result.returncode, result.describe()
+    span = next(s for s in otlp_receiver.wait_for_spans(
+        lambda spans: any(x.name == "chatty" for x in spans)) if s.name == "chatty")
+    assert (1000, 502) == (len(span.events), span.dropped_events_count)
+    events = {e.name: e for e in span.events}
+    assert ("n502", 128) == (span.events[0].name, len(events["wide"].attributes))  # oldest go
+    long_value = next(e for e in span.events if e.name == "long").attributes["value"]
+    assert 4096 == len(long_value)
+
+
+def test_answers_hold_no_args_kwargs_result_environment_or_private_part() -> None:
+    """A payload carrying them (a caller's meta, our private part): the answer drops them."""
+    from otel_progress.web._reader import Reader
+
+    reader = Reader(None, policy="anonymous")
+    payload = {"state": "running", "updated": None, "args": [1], "kwargs": {"a": 1},
+               "result": 3, "env": {"HOME": "/root"}, "environ": {}, "traceback": "tb",
+               PRIVATE_KEY: {"open_spans": []}, "percent": 1.0}
+    shaped = reader.shape("t", dict(payload), "otel-progress")
+    assert {"percent": 1.0, "state": "running", "stale": False, "updated": None} == shaped
