@@ -366,6 +366,7 @@ def test_fifty_concurrent_tasks_keep_their_own_sections_and_notifications(
 
 
 # --- limits and what a payload never carries ---------------------------------------------------
+@pytest.mark.slow
 def test_span_limits_cap_events_and_attribute_lengths_and_count_the_drops(
         tmp_path: Any, otlp_receiver: OtlpGrpcReceiver) -> None:
     """1,500 notifications, a 10,000-character value, 200 attributes: the SDK's SpanLimits keep
