@@ -5,6 +5,7 @@ from otel_progress._config import configure, dropped_spans, force_flush, reset, 
 from otel_progress._observer import Observer
 from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
 from otel_progress._publish import set_min_interval
+from otel_progress._redact import default_redact
 from otel_progress._sections import Section, TaskUpdater
 from otel_progress._version import __version__
 
@@ -17,6 +18,7 @@ __all__ = [
     "TaskUpdater",
     "__version__",
     "configure",
+    "default_redact",
     "dropped_spans",
     "force_flush",
     "reset",

@@ -37,6 +37,9 @@ STATUS: Final = "otel_progress.status"
 INTERRUPTED: Final = "otel_progress.interrupted"
 """str, set when control flow (Retry, Ignore, Reject, KeyboardInterrupt, ...) left a section:
 the exception's qualified type name. Not an error."""
+POST_MORTEM: Final = "otel_progress.post_mortem"
+"""bool, True on a span the main worker process ended for a process that died with it open
+(SIGKILL, hard time limit, OOM, revoke): its end time is the moment of death, status ERROR."""
 ERROR_TYPE: Final = "error.type"
 """str, OTel semantic convention: qualified type name of the exception that failed the span."""
 

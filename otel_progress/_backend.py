@@ -27,11 +27,12 @@ from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.backends.rpc import RPCBackend
 
-from otel_progress import _history
+from otel_progress import _history, _lifecycle
 from otel_progress._payload import (
     CELERY_FINAL,
     CELERY_STATES,
     FINAL_STATES,
+    PRIVATE_KEY,
     SCHEMA_VERSION,
     ChildProgress,
     ChildrenProgress,
@@ -42,7 +43,7 @@ from otel_progress._payload import (
     parse_iso,
     queued,
 )
-from otel_progress._safety import log_once, logger, safe_str
+from otel_progress._safety import in_background, log_once, logger, redact, safe_str
 
 KEY_PREFIX: Final = "otel-progress-meta-"
 """Result-backend key prefix of the payload otel_progress owns (``<prefix><task id>``)."""
@@ -214,6 +215,13 @@ def reconcile_rows(app: Any, rows: Sequence[dict[str, Any]]) -> list[dict[str, A
     return [fixed.get(str(r["task_id"]), r) for r in rows]
 
 
+def public_part(payload: Any) -> Any:
+    """``payload`` without its private part (what anyone but otel_progress may read)."""
+    if isinstance(payload, dict) and PRIVATE_KEY in payload:
+        return {key: value for key, value in payload.items() if key != PRIVATE_KEY}
+    return payload
+
+
 def own_key(task_id: str) -> str:
     """Backend key of otel_progress's payload for ``task_id``."""
     return KEY_PREFIX + task_id
@@ -347,6 +355,7 @@ def reset_after_fork() -> None:
     _clients_lock = threading.Lock()
     _pool = None
     _queued_paused_until = 0.0
+    _closing.clear()
 
 
 def _expires(backend: Any) -> int:
@@ -407,9 +416,10 @@ class TaskTarget:
             self._history(payload, final=False)
         backend = self.task.backend
         client = _redis(backend)
+        public = public_part(payload)  # Celery's meta is what AsyncResult.info shows anyone
         if client is not None:
             celery_key = backend.get_key_for_task(self.task_id)
-            meta = _celery_meta(backend, self.task_id, state, payload, self.request)
+            meta = _celery_meta(backend, self.task_id, state, public, self.request)
             if not client.json:  # pickle & co.: Lua cannot read Celery's meta, check it here
                 raw = client.client.get(celery_key)
                 if raw is not None and _status(backend, raw) in CELERY_FINAL:
@@ -480,7 +490,7 @@ def _write_checked(backend: Any, task_id: str, state: str, payload: ProgressPayl
         if own is not None and own.get("state") in FINAL_STATES:
             return False
         backend.set(_kv(backend, own_key(task_id)), dumps(payload))
-    backend.store_result(task_id, payload, state, request=request)
+    backend.store_result(task_id, public_part(payload), state, request=request)
     return True
 
 
@@ -566,6 +576,80 @@ class Reading:
         exc_type, exc_message = _exc_facts(result) if status in CELERY_FINAL else (None, None)
         return from_celery(ours, status, exc_type=exc_type, exc_message=exc_message,
                            date_done=celery.get("date_done"))
+
+    def dead_spans(self) -> bool:
+        """Celery ended the task, our payload still says running and lists open spans: the
+        process that ran it died with them (their originals were never exported)."""
+        ours, celery = self.ours, self.celery or {}
+        if not ours or not _open_spans(ours):
+            return False
+        exc_type = _exc_facts(celery.get("result"))[0]
+        return celery.get("status") == "REVOKED" or (
+            celery.get("status") == "FAILURE" and exc_type in DEATHS)
+
+
+# --- post-mortem span closure -------------------------------------------------------------------
+CLOSED_PREFIX: Final = "otel-progress-closed-"
+"""Key that marks a task's dead spans as exported (set once, by whoever exports them)."""
+POST_MORTEM_DELAY: Final = 1.0
+"""Seconds between learning of a death and reading the payload: a child killed by SIGTERM (a
+revoke, billiard's hard time limit) may still be making its own final write, which wins."""
+DEATHS: Final = frozenset({"WorkerLostError", "TimeLimitExceeded"})
+"""Celery's exception types for a process that died with its task (a FAILURE of another type
+had a living process end its own spans)."""
+_closing: OrderedDict[str, None] = OrderedDict()
+_closing_lock = threading.Lock()
+
+
+def _open_spans(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    private = payload.get(PRIVATE_KEY)
+    spans = private.get("open_spans") if isinstance(private, dict) else None
+    return [s for s in spans if isinstance(s, dict)] if isinstance(spans, list) else []
+
+
+def claim_post_mortem(backend: Any, task_id: str) -> bool:
+    """True for exactly one claimer of ``task_id``'s dead spans (on Redis: across processes)."""
+    key = CLOSED_PREFIX + task_id
+    client = _redis(backend)
+    if client is not None:
+        return bool(client.client.set(key, "1", nx=True, ex=_expires(backend) or 86400))
+    if isinstance(backend, BaseKeyValueStoreBackend):  # check-then-set: best effort
+        if backend.get(_kv(backend, key)) is not None:
+            return False
+        backend.set(_kv(backend, key), "1")
+    return True  # elsewhere: once per process (``_closing``)
+
+
+def post_mortem_later(app: Any, task_id: str, error_type: str, message: str,
+                      died_at: float) -> None:
+    """In the background, after POST_MORTEM_DELAY: if ``task_id``'s payload still lists open
+    spans (a final payload of a normal end lists none), export them ended at ``died_at``, ERROR with
+    ``error_type``, once (:func:`claim_post_mortem`). Nothing here waits on the caller's thread:
+    the main worker process and the status app call it."""
+    if not _lifecycle.post_mortem_ready():
+        return
+    with _closing_lock:
+        if task_id in _closing:
+            return
+        _closing[task_id] = None
+        while len(_closing) > MAX_REMEMBERED:
+            _closing.popitem(last=False)
+
+    def close() -> None:
+        time.sleep(POST_MORTEM_DELAY)
+        ours = _read_many(app, [task_id], READ_TIMEOUT)[0].ours
+        # Open spans in a running payload (the last progress write) or in a dying child's final
+        # one; a normal final payload lists none.
+        if ours is None or not (spans := _open_spans(ours)):
+            return
+        if claim_post_mortem(app.backend, task_id):
+            sent = _lifecycle.export_post_mortem(spans, died_at, safe_str(error_type, 200),
+                                                 redact(safe_str(message)),
+                                                 safe_str(ours.get("task_name") or ""))
+            logger.info("otel_progress: ended %d span(s) of %s left open by a dead process "
+                        "(%s)", sent, task_id, error_type)
+
+    in_background(close, "otel_progress-post-mortem")
 
 
 _last_seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -677,6 +761,8 @@ def read(app: Any, task_id: str, *, children: bool = True,
          timeout: float = READ_TIMEOUT) -> ProgressPayload | None:
     """The payload of ``task_id`` reconciled with Celery's state, or None if never tracked.
 
+    The private part is stripped (this is what frontends get); a task Celery ended while our
+    payload still says running gets its dead spans ended (:func:`post_mortem_later`).
     Raises :class:`BackendUnavailable` when the backend does not answer in time.
     """
     reading = _read_many(app, [task_id], timeout)[0]
@@ -691,6 +777,14 @@ def read(app: Any, task_id: str, *, children: bool = True,
         change = _history.change_from_payload(payload, final=True)
         change.update(task_id=task_id, attempt=0)
         history_record(app, change)
+    if reading.dead_spans():
+        celery = reading.celery or {}
+        exc_type, exc_message = _exc_facts(celery.get("result"))
+        status = str(celery.get("status"))
+        post_mortem_later(app, task_id, exc_type or ("Terminated" if status == "REVOKED"
+                                                     else status), exc_message or status,
+                          parse_iso(celery.get("date_done")) or time.time())
+    payload.pop(PRIVATE_KEY, None)
     if children and payload.get("children"):
         ids = _children_ids(app, task_id, payload["children"])
         payload["children_progress"] = _children_progress(app, ids, timeout)

@@ -33,7 +33,14 @@ from celery.exceptions import Ignore, Reject, Retry
 from otel_progress import _backend, _lifecycle, _publish, _spans
 from otel_progress._publish import DuckTarget
 from otel_progress._run import FAILED, RETRYING, REVOKED, Outcome, Run
-from otel_progress._safety import guard, internal_error, log_once, safe_str
+from otel_progress._safety import (
+    exception_text,
+    guard,
+    internal_error,
+    log_once,
+    redact,
+    safe_str,
+)
 
 CONTROL_FLOW: Final = (Retry, Ignore, Reject)
 """Exceptions that steer Celery: they pass through sections unchanged and are not errors."""
@@ -140,8 +147,8 @@ def run_for_current_task(
             if run is not None and not (run.finished and run.attempt != info.attempt):
                 return run
             run = Run(
-                safe_str(task_uuid) if task_uuid is not None else info.task_id,
-                safe_str(task_name) if task_name is not None else info.name,
+                redact(safe_str(task_uuid)) if task_uuid is not None else info.task_id,
+                redact(safe_str(task_name)) if task_name is not None else info.name,
                 expected_sections=expected_sections,
                 celery_task_id=info.task_id,
                 attempt=info.attempt,
@@ -157,9 +164,9 @@ def run_for_current_task(
             target = _backend.TaskTarget(info.task, info.task_id, info.request)
             _publish.publish(run, target, _event_sender(info.task, info.task_id))
         return run
-    name = safe_str(task_name) if task_name is not None else _default_name(observed_task)
+    name = redact(safe_str(task_name)) if task_name is not None else _default_name(observed_task)
     run = Run(
-        safe_str(task_uuid) if task_uuid is not None else str(uuid.uuid4()),
+        redact(safe_str(task_uuid)) if task_uuid is not None else str(uuid.uuid4()),
         name,
         expected_sections=expected_sections,
         include_traceback=include_traceback,
@@ -276,9 +283,12 @@ def task_ended(task_id: str, exc: BaseException | None, *, started: float | None
         section_outcome: Outcome = "succeeded"
         if outcome in (FAILED, REVOKED):
             section_outcome = "failed" if isinstance(exc, Exception) else "aborted"
+        killed = dying(exc)
         for node in run.open_nodes():
+            if killed:
+                _spans.leave_for_post_mortem(run, node)
             if run.close_section(node, section_outcome,
-                                 exc if section_outcome != "succeeded" else None):
+                                 exc if section_outcome != "succeeded" else None) and not killed:
                 _spans.end_section(run, node, exc if section_outcome != "succeeded" else None)
         if isinstance(exc, Retry):
             run.retry_at = _retry_at(exc)
@@ -305,6 +315,19 @@ def _history_bare_end(task_id: str, exc: BaseException | None, started: float) -
     if exc is not None and state in (FAILED, REVOKED):
         row.update(exc_type=type(exc).__name__, exc_message=safe_str(exc, 1000))
     _backend.history_record(info.task.app, row)
+
+
+def dying(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is billiard killing this pool child: the ``SystemExit(-(256 - signum))``
+    its SIGTERM handler raises (a revoke's terminate, a hard time limit), SIGKILL 0.1 s behind.
+
+    Too soon to export anything: the open spans are left unended and listed in the final
+    payload's private part, and the main worker process ends them (post-mortem), once, as
+    ERROR with ``error.type`` ``Terminated``/``TimeLimitExceeded``."""
+    if not isinstance(exc, SystemExit) or not isinstance(exc.code, int) or exc.code >= 0:
+        return False
+    info = current_celery_task()
+    return info is not None and not info.eager
 
 
 def _retry_at(exc: Retry) -> float | None:
@@ -387,8 +410,10 @@ def _chord_callback_id(headers: dict[str, Any], body: Any) -> str | None:
 
 
 def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
-                **_kwargs: Any) -> None:
-    """A running task revoked in this process: its run ends ``revoked``."""
+                signum: Any = None, **_kwargs: Any) -> None:
+    """A running task revoked in this process: its run ends ``revoked``. Terminated in a pool
+    child (the main worker process hears of it): the history row ends ``revoked`` and the
+    child's open spans are ended for it."""
     with guard("celery.task_revoked"):
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
         if not task_id:
@@ -408,21 +433,31 @@ def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = Fals
             "task_name": getattr(task, "name", None) or getattr(request, "name", None),
             "exc_type": "TaskRevokedError",
             "exc_message": "terminated" if terminated else "revoked"})
+        if terminated and sender is not None:
+            _backend.post_mortem_later(sender.app, str(task_id), "Terminated",
+                                       f"revoked: terminated by signal {safe_str(signum)}",
+                                       time.time())
 
 
 def _on_task_failure(sender: Any = None, task_id: Any = None, exception: Any = None,
                      **_kwargs: Any) -> None:
-    """A hard time limit or a lost pool child, seen by the worker's main process: the child
-    made no final write, so the history row ends here."""
+    """A pool child died with its task (``WorkerLostError``: SIGKILL, OOM) or was killed at its
+    hard time limit (``TimeLimitExceeded``), seen by the worker's main process: the child made
+    no final write, so the history row ends here, and the spans the child left open are ended
+    for it (``_backend.post_mortem_later``)."""
     with guard("celery.task_failure"):
         if not task_id or not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
             return
         if run_of_task(str(task_id)) is not None:
             return
-        _backend.history_record(getattr(sender, "app", None) or current_app, {
+        app = getattr(sender, "app", None) or current_app
+        _backend.history_record(app, {
             "task_id": str(task_id), "task_name": getattr(sender, "name", None),
             "state": FAILED, "attempt": 0, "end": time.time(),
             "exc_type": type(exception).__name__, "exc_message": safe_str(exception, 1000)})
+        if sender is not None:
+            _backend.post_mortem_later(sender.app, str(task_id), type(exception).__name__,
+                                       exception_text(exception), time.time())
 
 
 def _bridge_shutdown(deadline: float) -> None:

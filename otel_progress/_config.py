@@ -20,14 +20,27 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
 from otel_progress import _lifecycle, _metrics, _pipeline
-from otel_progress._attributes import METRIC_SECTION_DURATION, SECTION_DURATION_BUCKETS
-from otel_progress._safety import in_background, logger
+from otel_progress._attributes import ERROR_TYPE as ATTR_ERROR_TYPE
+from otel_progress._attributes import (
+    METRIC_SECTION_DURATION,
+    POST_MORTEM,
+    SECTION_DEPTH,
+    SECTION_DURATION_BUCKETS,
+    SECTION_NAME,
+    SECTION_STATE,
+    TASK_NAME,
+)
+from otel_progress._redact import set_redactor
+from otel_progress._safety import in_background, logger, safe_str
+from otel_progress._version import __version__
 
 OtlpProtocol = Literal["grpc", "http/protobuf"]
 DEFAULT_MAX_QUEUE_SIZE: Final = 8192
@@ -148,8 +161,8 @@ def _build(s: dict[str, Any]) -> _pipeline.Exporters:
     wanted = s.get("metrics", "otlp" in names)  # by default metrics follow our OTLP traces
     queue = s["max_queue_size"]
     return _pipeline.Exporters(
-        _exporter(s, "traces") if "otlp" in names else None,
-        ConsoleSpanExporter() if "console" in names else None,
+        _pipeline.Redacting(_exporter(s, "traces")) if "otlp" in names else None,
+        _pipeline.Redacting(ConsoleSpanExporter()) if "console" in names else None,
         _exporter(s, "metrics") if wanted and meter != "application" else None, queue,
         None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ or queue >= 512 else queue, s,
     )
@@ -216,6 +229,7 @@ def configure(
     metrics: bool | None = None,
     max_queue_size: int | None = None,
     span_limits: SpanLimits | None = None,
+    redact: Callable[[str], str] | bool | None = None,
 ) -> None:
     """Send otel_progress's spans and metrics to an OTLP collector (or the console).
 
@@ -224,8 +238,21 @@ def configure(
     application set is used as is. A slow collector costs dropped, counted spans, never a
     waiting task; a shutdown takes at most ``timeout`` s (default 10). Bad arguments raise
     ``TypeError``/``ValueError``: ``configure(service_name="billing", endpoint="http://c:4317")``
+
+    ``redact``: what every message, section name, attribute value, exception message, stack
+    trace and log line goes through before it leaves the process (spans, payloads, history):
+    a callable ``(str) -> str`` replaces the default pattern set (``otel_progress.
+    default_redact``; compose them to keep it), ``False`` turns redaction off, ``True``
+    restores the default. Set it before the worker forks (at the app's import), like the rest.
     """
-    s = _resolve(dict(locals()))  # exactly the keyword arguments, by name
+    given = dict(locals())  # exactly the keyword arguments, by name
+    redactor = given.pop("redact")
+    if redactor is not None and not (isinstance(redactor, bool) or callable(redactor)):
+        raise TypeError(f"configure(redact={redactor!r}): must be a callable (str) -> str or "
+                        "a bool")
+    s = _resolve(given)
+    if redactor is not None:
+        set_redactor(redactor)
     with _LOCK:
         _apply(s)
         _lifecycle.set_shutdown_bound(s.get("timeout", _lifecycle.DEFAULT_SHUTDOWN_BOUND_S))
@@ -265,11 +292,13 @@ def shutdown() -> None:
 
 
 def reset() -> None:
-    """Undo configure() for tests: exporters, settings, counts and hooks (the provider stays)."""
+    """Undo configure() for tests: exporters, settings, counts, hooks and the redactor (back to
+    the default pattern set); the provider stays."""
     shutdown()
     _metrics.LOSSES.reset()
     _lifecycle.set_shutdown_bound(_lifecycle.DEFAULT_SHUTDOWN_BOUND_S)
     _lifecycle.disconnect_celery("configure")
+    set_redactor(True)
 
 
 def dropped_spans() -> int:
@@ -277,6 +306,67 @@ def dropped_spans() -> int:
     return _metrics.LOSSES.count
 
 
+class _PostMortem:
+    """Ends spans a dead process left open, with their original ids (``_lifecycle.PostMortem``).
+
+    Safe because the originals were never exported: their process died before ending them. The
+    spans go through the global SDK provider's processors like any other span (so the batch
+    queue, limits, redaction and drop counting apply), then one bounded flush."""
+
+    @staticmethod
+    def _provider() -> TracerProvider | None:
+        provider = trace.get_tracer_provider()
+        return provider if isinstance(provider, TracerProvider) else None
+
+    def ready(self) -> bool:
+        return self._provider() is not None
+
+    def export(self, spans: list[dict[str, Any]], end_time: float, error_type: str,
+               message: str, task_name: str) -> int:
+        provider = self._provider()
+        # The SDK keeps its processors private; a span built here must reach them as if ended.
+        processor = getattr(provider, "_active_span_processor", None)
+        if provider is None or processor is None:
+            return 0
+        scope = InstrumentationScope("otel_progress", __version__)
+        sampled = TraceFlags(TraceFlags.SAMPLED)
+        sent = 0
+        for item in spans:
+            try:
+                trace_id, span_id = int(item["trace_id"], 16), int(item["span_id"], 16)
+                parent_id = int(item["parent_id"], 16) if item.get("parent_id") else None
+                start_ns = int(float(item["start"]) * 1e9)
+                depth = int(item.get("depth") or 0)
+                name = safe_str(item["name"], 200)
+            except (KeyError, TypeError, ValueError):
+                continue  # a payload we did not write: skip the entry, keep the rest
+            attributes: dict[str, AttributeValue] = {
+                ATTR_ERROR_TYPE: error_type, POST_MORTEM: True, TASK_NAME: task_name,
+                SECTION_STATE: "failed",
+            }
+            if depth > 0:
+                attributes |= {SECTION_NAME: name, SECTION_DEPTH: depth}
+            processor.on_end(ReadableSpan(
+                name=name,
+                context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=sampled),
+                parent=None if parent_id is None else SpanContext(
+                    trace_id, parent_id, is_remote=depth == 0, trace_flags=sampled),
+                resource=provider.resource,
+                attributes=attributes,
+                kind=SpanKind.CONSUMER if depth == 0 else SpanKind.INTERNAL,
+                status=Status(StatusCode.ERROR, safe_str(message or error_type, 1000)),
+                start_time=start_ns,
+                end_time=max(int(end_time * 1e9), start_ns),
+                instrumentation_scope=scope,
+            ))
+            sent += 1
+        if sent:
+            in_background(partial(processor.force_flush, int(_lifecycle.shutdown_bound() * 1000)),
+                          "otel_progress-post-mortem")
+        return sent
+
+
+_lifecycle.set_post_mortem(_PostMortem())
 _lifecycle.on_shutdown(_shutdown, "export")
 _lifecycle.on_fork_child(_after_fork_in_child)
 _lifecycle.on_worker_process_init(_rebuild_in_worker_process)

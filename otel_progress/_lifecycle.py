@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from otel_progress._safety import logger
 
@@ -41,6 +41,40 @@ def on_fork_child(callback: Callable[[], object]) -> None:
 def on_worker_process_init(callback: Callable[[], object]) -> None:
     """Run ``callback()`` in each new Celery prefork child (once :func:`connect_celery` ran)."""
     _callbacks["worker_process_init"][callback] = None
+
+
+class PostMortem(Protocol):
+    """The export rooms' way to end spans another process opened and died with (the SDK wall:
+    building a span with given ids needs the SDK, so ``_config`` installs this)."""
+
+    def ready(self) -> bool:
+        """Whether this process has an SDK provider that would export them."""
+
+    def export(self, spans: list[dict[str, Any]], end_time: float, error_type: str,
+               message: str, task_name: str) -> int:
+        """End ``spans`` (``OpenSpan`` dicts) at ``end_time``, ERROR; return how many."""
+
+
+_post_mortem: PostMortem | None = None
+
+
+def set_post_mortem(exporter: PostMortem | None) -> None:
+    """Install the exporter of post-mortem spans (``_config`` does, at import)."""
+    global _post_mortem
+    _post_mortem = exporter
+
+
+def post_mortem_ready() -> bool:
+    """Whether dead spans can be exported from this process."""
+    return _post_mortem is not None and _post_mortem.ready()
+
+
+def export_post_mortem(spans: list[dict[str, Any]], end_time: float, error_type: str,
+                       message: str, task_name: str) -> int:
+    """Export spans a dead process left open, once, with their ids; 0 without an SDK."""
+    if _post_mortem is None:
+        return 0
+    return _post_mortem.export(spans, end_time, error_type, message, task_name)
 
 
 def set_shutdown_bound(seconds: float) -> None:

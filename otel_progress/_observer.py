@@ -22,6 +22,7 @@ from otel_progress._safety import (
     format_message,
     guard,
     internal_error,
+    redact,
     safe_str,
 )
 
@@ -68,6 +69,8 @@ class Observer:
         self._include_traceback = include_traceback
         self._run: Run | None = None
         self._last_msg: str | None = None
+        self._last_shown = ""
+        """The last message, redacted: the payload's description and the span event."""
 
     @property
     def task(self) -> Any:
@@ -130,7 +133,7 @@ class Observer:
         # The hot path: no span call unless the message changed (the flusher and the run's end
         # push the progress attributes), plain compares instead of min()/max(), one dict.
         try:
-            if total.__class__ is not int or total <= 0:
+            if total.__class__ is not int or not 0 < total <= MAX_INT:  # 10**400 clamps
                 num = as_number(total, "Observer.update(total=)", self)
                 total = abs(num) if num else 100
             if current is not None:
@@ -172,15 +175,18 @@ class Observer:
             node = run.node
             node.current = cur
             node.total = total
-            run.description = text
             run.last_progress = _now()
             if state != run.celery_state and state not in _TERMINAL:
                 run.celery_state = state if state.__class__ is str else PROGRESS
             if text != self._last_msg:
                 self._last_msg = text
-                _spans.observer_progress(run, safe_str(text), percent, cur, total)
-            elif run.ends_on_drop and not run.owns_span:
-                _spans.observer_progress(run, None, percent, cur, total)
+                self._last_shown = redact(safe_str(text))  # what leaves the process
+                run.description = self._last_shown
+                _spans.observer_progress(run, self._last_shown, percent, cur, total)
+            else:
+                run.description = self._last_shown
+                if run.ends_on_drop and not run.owns_span:
+                    _spans.observer_progress(run, None, percent, cur, total)
             return state, data
         except Exception as exc:
             internal_error("Observer.update", exc)
@@ -237,11 +243,11 @@ class Observer:
                     run.remember_exception(err)
                 else:
                     run.exc_type = safe_str(getattr(exc_type, "__name__", "RuntimeError"), 200)
-                    run.exc_message = text
+                    run.exc_message = redact(text)
                     run.error_type = run.exc_type
                 _spans.record_failure(run, err, exc_type, text)
             if run.finish(outcome=outcome, final_line=False):  # type: ignore[arg-type]
                 _spans.end_run(run)  # ERROR status and error.type on a failure
             _publish.request_flush(run)
             if text:
-                self._logger.log(level, "%s", text)
+                self._logger.log(level, "%s", redact(text))

@@ -34,12 +34,12 @@ from otel_progress._run import (
     RunState,
     SectionState,
 )
-from otel_progress._safety import MAX_NAME, internal_error, safe_str
+from otel_progress._safety import MAX_NAME, internal_error, redact, redact_value, safe_str
 
 __all__ = [
-    "FINAL_STATES", "MAX_PAYLOAD_BYTES", "SCHEMA_VERSION", "ChildProgress", "ChildrenProgress",
-    "JobsPayload", "ProgressPayload", "RunState", "SectionPayload", "SectionState", "build",
-    "dumps", "from_celery", "iso", "queued", "schema",
+    "FINAL_STATES", "MAX_PAYLOAD_BYTES", "PRIVATE_KEY", "SCHEMA_VERSION", "ChildProgress",
+    "ChildrenProgress", "JobsPayload", "OpenSpan", "PrivatePart", "ProgressPayload", "RunState",
+    "SectionPayload", "SectionState", "build", "dumps", "from_celery", "iso", "queued", "schema",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -112,6 +112,34 @@ class ChildrenProgress(TypedDict):
     tasks: list[ChildProgress]
 
 
+class OpenSpan(TypedDict):
+    """A span a worker opened and had not ended at its last write (hex ids, epoch seconds).
+
+    Kept so that the main worker process can end it, with its original ids, when the process
+    that owned it dies (post-mortem span closure)."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start: float
+    depth: int
+    """0 for the run span, 1 for a top-level section, ..."""
+
+
+class PrivatePart(TypedDict):
+    """The payload's private part: stored in the result backend, never served to a browser
+    (``get_progress`` and the status app strip it)."""
+
+    open_spans: list[OpenSpan]
+
+
+PRIVATE_KEY: Final = "_private"
+"""Key of the private part in a stored payload."""
+MAX_OPEN_SPANS: Final = 16
+"""Open spans kept in the private part (outermost first: a deeper one needs its parents)."""
+
+
 class ProgressPayload(TypedDict):
     """What the state bridge publishes and ``TaskUpdater.to_dict()`` returns."""
 
@@ -145,6 +173,7 @@ class ProgressPayload(TypedDict):
     celery_state: NotRequired[str | None]
     stale: NotRequired[bool]
     retry_at: NotRequired[str | None]
+    _private: NotRequired[PrivatePart]
 
 
 def iso(ts: float | None) -> str | None:
@@ -183,8 +212,10 @@ def dumps(payload: ProgressPayload | dict[str, Any]) -> str:
 
 
 # --- the builder -------------------------------------------------------------------------------
-def build(run: Run) -> ProgressPayload:
-    """The run's payload: bounded in size, never NaN, JSON-safe."""
+def build(run: Run, open_spans: list[OpenSpan] | None = None) -> ProgressPayload:
+    """The run's payload: bounded in size, never NaN, JSON-safe.
+
+    ``open_spans`` (the publisher's, for the backend only) becomes the private part."""
     with run.lock:
         percent, indeterminate = run.overall_percent()
         current, total = run.current_total(percent)
@@ -221,7 +252,9 @@ def build(run: Run) -> ProgressPayload:
         if run.state == RETRYING:
             data["retry_at"] = iso(run.retry_at)
         for key, value in list(run.extra.items())[:MAX_EXTRA_KEYS]:
-            data.setdefault(key, _json_safe(value))  # type: ignore[misc]
+            data.setdefault(key, _json_safe(redact_value(key, value)))  # type: ignore[misc]
+        if open_spans:
+            data["_private"] = PrivatePart(open_spans=open_spans[:MAX_OPEN_SPANS])
     return fit(data)
 
 
@@ -325,6 +358,9 @@ def fit(data: ProgressPayload) -> ProgressPayload:
         data["description"] = data["description"][:200]
         for key in extra:
             del data[key]  # type: ignore[misc]
+    private = data.get("_private")
+    if private is not None and _size(data) > MAX_PAYLOAD_BYTES:
+        private["open_spans"] = private["open_spans"][:4]
     return data
 
 
@@ -387,7 +423,7 @@ def from_celery(
     if failed:
         if exc_type is not None:
             ours["exc_type"] = safe_str(exc_type, 200)
-            ours["exc_message"] = safe_str(exc_message or "")
+            ours["exc_message"] = redact(safe_str(exc_message or ""))
             ours["exception"] = ours["exc_message"]
         _close_sections(ours.get("sections"), exc_type or ("Revoked" if state == REVOKED else None))
     else:

@@ -13,14 +13,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult as Result
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Status
 
 from otel_progress import _lifecycle
 from otel_progress._metrics import LOSSES
-from otel_progress._safety import guard, in_background, logger
+from otel_progress._redact import redactor
+from otel_progress._safety import guard, in_background, logger, redact, redact_value
 
 Signal = Literal["traces", "metrics"]
 GIVE_UP_FOR_S: Final = 30.0
@@ -39,6 +43,89 @@ def exports_failing(signal: Signal) -> bool:
     return time.time() - failed_at < GIVE_UP_FOR_S
 
 
+
+
+def _clean_attributes(attributes: Any) -> dict[str, Any] | None:
+    """Redacted attribute values, or None when nothing changed."""
+    if not attributes:
+        return None
+    changed = False
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        new = redact_value(key, value)
+        if isinstance(new, list) and isinstance(value, tuple):
+            new = tuple(new)
+        changed = changed or new is not value
+        out[key] = new
+    return out if changed else None
+
+
+def _bounded(values: dict[str, Any], like: Any) -> BoundedAttributes:
+    """Attributes that keep the SDK's count of dropped ones (OTLP's dropped_attributes_count)."""
+    bounded = BoundedAttributes(maxlen=None, attributes=values, immutable=True)
+    bounded.dropped = getattr(like, "dropped", 0)
+    return bounded
+
+
+def redact_span(span: ReadableSpan) -> ReadableSpan:
+    """``span`` with its name, attributes, events and status description redacted.
+
+    The last line of defence: otel_progress redacts what it writes where it writes it, but
+    other instrumentations (Celery's records the task's exception on ``run/<task>``) do not.
+    Returns the same span when nothing changed."""
+    name = redact(span.name)
+    attributes = _clean_attributes(span.attributes)
+    events, events_changed = [], False
+    for event in span.events:
+        event_name = redact(event.name)
+        event_attributes = _clean_attributes(event.attributes)
+        if event_name is event.name and event_attributes is None:
+            events.append(event)
+            continue
+        events_changed = True
+        events.append(Event(event_name, _bounded(event_attributes, event.attributes)
+                            if event_attributes is not None else event.attributes,
+                            event.timestamp))
+    status = span.status
+    description = status.description
+    clean_description = redact(description) if description else description
+    if name is span.name and attributes is None and not events_changed \
+            and clean_description is description:
+        return span
+    if clean_description is not description:
+        status = Status(status.status_code, clean_description)
+    kept_events: Any = span.events
+    if events_changed:
+        kept_events = BoundedList(None)
+        kept_events.extend(events)
+        kept_events.dropped = span.dropped_events
+    return ReadableSpan(
+        name=name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=_bounded(attributes, span._attributes) if attributes is not None
+        else span._attributes,  # the SDK's BoundedAttributes: its dropped count goes out too
+        events=kept_events, links=span._links, kind=span.kind, status=status,
+        start_time=span.start_time, end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class Redacting(SpanExporter):
+    """A span exporter that redacts every span before ``inner`` sends it (in the export thread,
+    off the task's path)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> Result:
+        if redactor() is not None:
+            spans = [redact_span(span) for span in spans]
+        return self.inner.export(spans)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 class Exporters(SpanExporter):

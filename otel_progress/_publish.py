@@ -93,7 +93,9 @@ class Publisher:
             run = self.run
             try:
                 _spans.sync(run)
-                payload = _payload.build(run)
+                # Only our own key keeps the private part (TaskTarget strips it elsewhere).
+                payload = _payload.build(run, _spans.open_span_facts(run) if isinstance(
+                    self.target, _backend.TaskTarget) else None)
             except Exception as exc:
                 internal_error("publish.payload", exc)
                 return
@@ -123,7 +125,7 @@ class Publisher:
         _flusher.unregister(self)
         locked = self.write_lock.acquire(timeout=max(timeout, 0.0))
         try:
-            payload = _payload.build(self.run)
+            payload = _payload.build(self.run, self.run.dying_spans or None)
             self._write(lambda: self.target.final(payload, self.run.children))
         except Exception as exc:
             internal_error("publish.final", exc)

@@ -20,6 +20,7 @@ from otel_progress._safety import (
     exception_class_line,
     exception_text,
     logger,
+    redact,
     safe_str,
     type_name,
 )
@@ -181,6 +182,9 @@ class Run:
         self.ends_on_drop = celery_task_id is None
         """Nobody ends this run at a task end: its facade does when it is dropped."""
         self.node = Node(task_name, None)
+        self.dying_spans: list[Any] = []
+        """Open spans of a run whose process is being killed (SIGTERM before SIGKILL): left
+        unended, listed in the final payload's private part for the main process to end."""
 
     # --- sections ------------------------------------------------------------------------------
     def add_section(self, name: str, parent: Node | None) -> Node:
@@ -270,9 +274,9 @@ class Run:
             import traceback
 
             try:
-                self.latest_traceback = safe_str(
+                self.latest_traceback = redact(safe_str(
                     "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), 8000
-                )
+                ))
             except Exception:
                 self.latest_traceback = None
 

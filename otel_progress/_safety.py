@@ -20,9 +20,27 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from otel_progress._attributes import MAX_MESSAGE
+from otel_progress._redact import (  # re-exported: upper rooms reach redaction through here
+    REDACTED,
+    LogFilter,
+    default_redact,
+    is_secret_key,
+    redact,
+    redact_json,
+    redact_value,
+)
 
 logger: Final = logging.getLogger("otel_progress")
-"""The one logger otel_progress writes to."""
+"""The one logger otel_progress writes to (its records are redacted: :class:`LogFilter`)."""
+if not any(isinstance(f, LogFilter) for f in logger.filters):
+    logger.addFilter(LogFilter())
+
+__all__ = [
+    "REDACTED", "AttrValue", "as_number", "attribute_value", "clamp_percent", "default_redact",
+    "exception_class_line", "exception_text", "format_message", "guard", "in_background",
+    "internal_error", "is_secret_key", "is_strict", "log_once", "logger", "redact",
+    "redact_json", "redact_value", "safe_str", "set_strict", "type_name",
+]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -168,9 +186,9 @@ def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:
 
 
 def exception_text(exc: BaseException) -> str:
-    """The exception's message, even when its ``__str__`` raises."""
+    """The exception's message (redacted), even when its ``__str__`` raises."""
     try:
-        return safe_str(str(exc))
+        return redact(safe_str(str(exc)))
     except Exception:
         return f"<unprintable {type(exc).__name__}>"
 

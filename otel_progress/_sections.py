@@ -29,6 +29,8 @@ from otel_progress._safety import (
     guard,
     internal_error,
     log_once,
+    redact,
+    redact_value,
     safe_str,
 )
 
@@ -117,7 +119,11 @@ class Section:
         updater = self._updater
         run = updater._run
         try:
-            if run.close_section(node, outcome, exc if outcome != "succeeded" else None):
+            killed = outcome == "aborted" and _celery.dying(exc)
+            if killed:  # the process goes in 0.1 s: the main worker process ends the span
+                _spans.leave_for_post_mortem(run, node)
+            if run.close_section(node, outcome, exc if outcome != "succeeded" else None) \
+                    and not killed:
                 _spans.end_section(run, node, exc)
         except Exception as err:
             internal_error("TaskUpdater.section.exit", err)
@@ -195,7 +201,7 @@ class TaskUpdater:
     def __call__(self, task_name: str | None = None, **_ignored: Any) -> Section:
         """Open a section: ``with updater(task_name="step"):`` (also ``async with``, decorator)."""
         name = task_name if task_name is not None else self._run.task_name
-        return Section(self, safe_str(name))  # valid UTF-8, capped: it becomes a span name
+        return Section(self, redact(safe_str(name)))  # valid UTF-8, capped, redacted: a span name
 
     section = __call__
 
@@ -237,8 +243,8 @@ class TaskUpdater:
         """Record a notification: an event on the innermost open section, and a log line."""
         try:
             run = self._run
-            text = safe_str(message)
-            attrs = {safe_str(k, 200): attribute_value(v)
+            text = redact(safe_str(message))
+            attrs = {safe_str(k, 200): attribute_value(redact_value(k, v))
                      for k, v in attributes.items()} if attributes else None
             run.note(text)
             _spans.notify(self._innermost(), text, attrs)

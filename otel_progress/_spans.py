@@ -18,8 +18,17 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
 from otel_progress import _attributes as A
 from otel_progress import _metrics
+from otel_progress._payload import MAX_OPEN_SPANS, OpenSpan
 from otel_progress._run import FAILED, REVOKED, Node, Run
-from otel_progress._safety import MAX_INT, exception_text, guard, type_name
+from otel_progress._safety import (
+    MAX_INT,
+    MAX_NAME,
+    exception_text,
+    guard,
+    redact,
+    safe_str,
+    type_name,
+)
 from otel_progress._version import __version__
 
 _NAME: Final = "otel_progress"
@@ -253,21 +262,27 @@ def record_failure(run: Run, exc: BaseException | None, exc_type: type[BaseExcep
         record_exception(span, recorded)
 
 
+MAX_STACKTRACE: Final = 16_000
+"""Characters kept of an ``exception.stacktrace`` (SpanLimits may cap it further)."""
+
+
 def record_exception(span: Span, exc: BaseException) -> None:
-    """``span.record_exception`` that survives exceptions whose ``__str__`` raises."""
+    """The ``exception`` event ``span.record_exception`` makes, with the message and stack
+    trace redacted (the SDK's would put ``str(exc)`` and the frames out as they are), and
+    surviving exceptions whose ``__str__`` raises."""
     try:
-        span.record_exception(exc, escaped=True)
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except Exception:
         try:
             stack = "".join(traceback.format_tb(exc.__traceback__))
         except Exception:
             stack = ""
-        span.add_event("exception", {
-            "exception.type": type_name(exc),
-            "exception.message": exception_text(exc),
-            "exception.stacktrace": stack,
-            "exception.escaped": "True",
-        })
+    span.add_event("exception", {
+        "exception.type": type_name(exc),
+        "exception.message": exception_text(exc),
+        "exception.stacktrace": redact(safe_str(stack, MAX_STACKTRACE)),
+        "exception.escaped": "True",
+    })
 
 
 @guard("spans.sync")
@@ -297,3 +312,51 @@ def sync(run: Run) -> None:
                 attrs[A.PERCENT] = pct
             if attrs:
                 node_span.set_attributes(attrs)
+
+
+# --- post-mortem ---------------------------------------------------------------------------------
+def _open_span(span: Any, name: str, start: float, depth: int) -> OpenSpan | None:
+    """What it takes to end ``span`` from another process, or None if nothing records it."""
+    if span is None or not span.is_recording():
+        return None
+    ctx = span.get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None
+    parent = getattr(span, "parent", None)  # the SDK's spans know their parent's context
+    return OpenSpan(
+        name=safe_str(getattr(span, "name", None) or name, MAX_NAME),
+        trace_id=trace.format_trace_id(ctx.trace_id),
+        span_id=trace.format_span_id(ctx.span_id),
+        parent_id=trace.format_span_id(parent.span_id) if parent is not None else None,
+        start=start,
+        depth=depth,
+    )
+
+
+def leave_for_post_mortem(run: Run, node: Node) -> None:
+    """``node``'s span is left unended (its process is being killed) and listed for the main
+    worker process to end (the final payload's private part)."""
+    if node.state == "running" and len(run.dying_spans) < MAX_OPEN_SPANS:
+        item = _open_span(node.span, node.name, node.start, node.depth)
+        if item is not None:
+            run.dying_spans.insert(0, item)  # innermost leave first: keep outermost first
+
+
+def open_span_facts(run: Run) -> list[OpenSpan]:
+    """The run's spans that have not ended, outermost first (the run span, then sections).
+
+    The publisher stores them in the payload's private part: if the process dies with them
+    open, the main worker process ends them with these ids (``_lifecycle.export_post_mortem``).
+    A run that has finished has none."""
+    if run.finished:
+        return []
+    out: list[OpenSpan] = []
+    root = _open_span(run.node.span, run.task_name, run.start, 0)
+    if root is not None:
+        out.append(root)
+    nodes = run.open_nodes()  # innermost first
+    for node in sorted(nodes, key=lambda n: n.depth)[:MAX_OPEN_SPANS - len(out)]:
+        item = _open_span(node.span, node.name, node.start, node.depth)
+        if item is not None:
+            out.append(item)
+    return out

@@ -41,8 +41,15 @@ from otel_progress._history import (
     parse_time,
     store_from_url,
 )
-from otel_progress._payload import CELERY_FINAL, CELERY_STATES, FINAL_STATES, iso, parse_iso
-from otel_progress._safety import log_once, safe_str
+from otel_progress._payload import (
+    CELERY_FINAL,
+    CELERY_STATES,
+    FINAL_STATES,
+    PRIVATE_KEY,
+    iso,
+    parse_iso,
+)
+from otel_progress._safety import log_once, redact_json, safe_str
 from otel_progress.web import STALE_AFTER, STATIC_DIR, WRITE_INTERVAL, _page
 
 __all__ = [
@@ -309,7 +316,7 @@ class Reader:
             return self.error(404, "not found", facts)
         try:
             body = self.shape(task_id, dict(payload), (params or {}).get("format", FORMATS[0]))
-            data = _json_bytes(body)
+            data = _json_bytes(redact_json(body))  # Celery's traceback and result too
         except Exception as exc:  # never a 500: the payload came from a worker we do not control
             log_once("web.shape", "otel_progress: cannot answer for a payload (%s: %s); "
                      "answering 503", type(exc).__name__, safe_str(exc, 200))
@@ -453,8 +460,8 @@ class Reader:
     def shape(self, task_id: str, payload: dict[str, Any], fmt: str) -> dict[str, Any]:
         """The payload with ``stale``/``retry_at``, minus what was not opted in; or the
         celery-progress envelope."""
-        for key in ("args", "kwargs", "result"):  # a caller's meta may carry them: never shown
-            payload.pop(key, None)
+        for key in ("args", "kwargs", "result", "env", "environ", PRIVATE_KEY):  # never shown
+            payload.pop(key, None)  # (a caller's meta may carry them; the last is ours alone)
         if not self.include_traceback:
             payload.pop("traceback", None)
         state = payload.get("state")

@@ -166,6 +166,9 @@ def create_app(
     app = Starlette(routes=endpoints.routes(), exception_handlers={
         HTTPException: http_error, Exception: http_error,
     })
+    # No 307 to the slash-less URL (it would carry none of the reader's headers): a trailing
+    # slash is an unknown route, a 404 like any other.
+    app.router.redirect_slashes = False
     app.state.otel_progress_reader = reader
     return app
 
