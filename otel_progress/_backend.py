@@ -407,7 +407,7 @@ class TaskTarget:
                                               parent_id=str(parent) if parent else None)
         change["task_id"] = self.task_id
         change["task_name"] = safe_str(getattr(self.task, "name", None) or change["task_name"])
-        history_record(self.task.app, change)
+        history_record(getattr(self.task, "app", None), change)
 
     def progress(self, state: str, payload: ProgressPayload, children: Sequence[str]) -> bool:
         """Write running progress, unless a final state is already stored; True if written."""

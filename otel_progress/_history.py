@@ -400,7 +400,7 @@ class RedisHistory:
 
                     options: dict[str, Any] = {
                         "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-                        "retry_on_timeout": False, "retry": Retry(NoBackoff(), 0),
+                        "retry": Retry(NoBackoff(), 0),  # no retries: one bounded attempt
                     }
                     if self._params is not None:
                         params = {k: v for k, v in self._params.items()
@@ -410,6 +410,7 @@ class RedisHistory:
                     else:
                         client = redis.Redis.from_url(self.url, **options)
                     self._script = client.register_script(_RECORD_LUA)
+                    client.script_load(_RECORD_LUA)  # once: no NOSCRIPT round trip on a write
                     self._client = client
         return self._client
 
