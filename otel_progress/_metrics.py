@@ -52,7 +52,7 @@ _drain_lock = threading.Lock()
 def use_meter_provider(provider: metrics.MeterProvider | None) -> None:
     """Record on ``provider`` (``instrument(meter_provider=)``); None: the global one."""
     global _meter_provider
-    drain()  # what finished so far belongs to the provider it finished under
+    drain(wait=True)  # what finished so far belongs to the provider it finished under
     with _lock:
         _meter_provider = provider
         _instruments.clear()
@@ -99,10 +99,19 @@ def record_section(task_name: str, section_name: str, status: str, duration_s: f
         drain()
 
 
+DRAIN_WAIT: Final = 1.0
+"""Seconds a collection waits for another thread's drain to finish (see :func:`drain`)."""
+
+
 @guard("metrics.drain")
-def drain() -> None:
-    """Record the sections finished since the last drain (the flusher, collections, exit)."""
-    if not _pending or not _drain_lock.acquire(blocking=False):
+def drain(*, wait: bool = False) -> None:
+    """Record the sections finished since the last drain (the flusher, collections, exit).
+
+    The hot path and the flusher do not wait when another thread is recording (the queue keeps
+    what it has). A collection and a provider swap wait (bounded): the other thread has taken
+    items off the queue but not yet recorded them, and reading now would show partial counts."""
+    if not _drain_lock.acquire(timeout=DRAIN_WAIT) if wait else \
+            not (_pending and _drain_lock.acquire(blocking=False)):
         return  # nothing queued, or another thread is recording it right now
     try:
         items = []
@@ -149,7 +158,7 @@ def untrack(run: _Tracked) -> None:
 
 
 def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-    drain()  # a collection calls this first: the sections queued so far are in it
+    drain(wait=True)  # a collection calls this first: the sections queued so far are in it
     now = time.time()
     worst: dict[str, float] = {}
     for run in list(_running):

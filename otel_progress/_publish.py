@@ -272,7 +272,7 @@ def final_write(run: Run, timeout: float = FINAL_TIMEOUT) -> None:
 
 def flush_all(deadline: float) -> None:
     """Write every pending payload now, until ``deadline`` (monotonic): process exit, tests."""
-    _metrics.drain()
+    _metrics.drain(wait=True)
     for pub in _flusher.publishers():
         if time.monotonic() > deadline:
             break

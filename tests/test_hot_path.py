@@ -6,6 +6,7 @@ figures are benchmarks/run.py's)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +68,33 @@ def test_more_sections_than_the_queue_holds_lose_no_count(reader: InMemoryMetric
             pass
     assert total == _points(reader, A.METRIC_SECTIONS)[("step", "succeeded")].value
 
+
+
+def test_a_collection_waits_for_a_drain_another_thread_is_recording(
+        reader: InMemoryMetricReader) -> None:
+    """While another thread (the flusher) holds the drain, a collection waits for it and then
+    records what is still queued, instead of reading partial counts."""
+    updater = TaskUpdater(task_name="busy")
+    for _ in range(5):
+        with updater(task_name="step"):
+            pass
+    held, release = threading.Event(), threading.Event()
+
+    def flusher_mid_drain() -> None:
+        with _metrics._drain_lock:
+            held.set()
+            release.wait(5)
+
+    other = threading.Thread(target=flusher_mid_drain, daemon=True)
+    other.start()
+    assert held.wait(5)
+    threading.Timer(0.2, release.set).start()
+    try:
+        counts = {k: p.value for k, p in _points(reader, A.METRIC_SECTIONS).items()}
+    finally:
+        release.set()
+        other.join(5)
+    assert {("step", "succeeded"): 5} == counts
 
 def test_the_first_progress_write_waits_one_interval() -> None:
     """A new run's publisher is not due before min_interval has passed."""
