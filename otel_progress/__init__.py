@@ -6,11 +6,14 @@ from otel_progress._observer import Observer
 from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
 from otel_progress._publish import set_min_interval
 from otel_progress._sections import Section, TaskUpdater
+from otel_progress._threads import ProgressExecutor, propagate
+from otel_progress._track import track
 from otel_progress._version import __version__
 
 __all__ = [
     "JobsPayload",
     "Observer",
+    "ProgressExecutor",
     "ProgressPayload",
     "Section",
     "SectionPayload",
@@ -19,7 +22,9 @@ __all__ = [
     "configure",
     "dropped_spans",
     "force_flush",
+    "propagate",
     "reset",
     "set_min_interval",
     "shutdown",
+    "track",
 ]
