@@ -8,8 +8,7 @@ import time
 import jsonschema
 import pytest
 
-from otel_progress import TaskUpdater, track
-from otel_progress import _rate
+from otel_progress import TaskUpdater, _rate, track
 from otel_progress._payload import comparable, from_celery, schema
 from otel_progress._run import Node
 
