@@ -136,7 +136,7 @@ def threads_executor(self: Any) -> list[str]:
 def threads_propagate(self: Any) -> dict[str, Any]:
     """8 threads of a plain ThreadPoolExecutor through propagate(fn); each thread also reads
     the task's id and makes its own TaskUpdater(), which joins the task's run."""
-    updater = TaskUpdater(expected_sections=1)
+    updater = TaskUpdater()
 
     def work(index: int) -> str:
         own = TaskUpdater()  # joins the run: propagate carried Celery's current task
