@@ -93,8 +93,15 @@ def events_server(adoption: AdoptionProducer) -> Iterator[UvicornServer]:
     on a dead result backend, on uvicorn (loopback)."""
     down = Celery("down", broker="memory://", backend=f"redis://127.0.0.1:{free_port()}/0",
                   set_as_current=False)
+    from fastapi import FastAPI
+
+    from otel_progress.web.fastapi import router
+
+    fastapi_app = FastAPI()
+    fastapi_app.include_router(router(adoption.app, allow_anonymous=True), prefix="/progress")
     root = Prefixes({
         "/a": create_app(adoption.app, allow_anonymous=True),
+        "/f": fastapi_app,
         "/no": create_app(adoption.app, authorize=lambda request, task_id: False),
         "/down": create_app(down, allow_anonymous=True),
     })
@@ -172,6 +179,15 @@ def test_the_celery_progress_format_streams_its_envelope(
                          "?format=celery-progress")
     assert [{"complete": True, "success": True, "state": "SUCCESS"}] == [
         {k: p[k] for k in ("complete", "success", "state")} for p in stream.progress()]
+
+
+def test_the_fastapi_router_streams_events_too(
+        events_server: UvicornServer, adoption: AdoptionProducer) -> None:
+    """FastAPI's router serves the same stream: one final event for a finished task, then end."""
+    result = adoption.send("steps", 1)
+    assert 1 == result.get(timeout=30)
+    stream = read_events(f"{events_server.url}/f/progress/tasks/{result.id}/events")
+    assert (True, ["succeeded"]) == (stream.ended, [p["state"] for p in stream.progress()])
 
 
 @pytest.mark.parametrize(("prefix", "task_id", "status"), [
