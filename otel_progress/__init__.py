@@ -7,11 +7,14 @@ from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
 from otel_progress._publish import set_min_interval
 from otel_progress._redact import default_redact
 from otel_progress._sections import Section, TaskUpdater
+from otel_progress._threads import ProgressExecutor, propagate
+from otel_progress._track import track
 from otel_progress._version import __version__
 
 __all__ = [
     "JobsPayload",
     "Observer",
+    "ProgressExecutor",
     "ProgressPayload",
     "Section",
     "SectionPayload",
@@ -21,7 +24,9 @@ __all__ = [
     "default_redact",
     "dropped_spans",
     "force_flush",
+    "propagate",
     "reset",
     "set_min_interval",
     "shutdown",
+    "track",
 ]

@@ -124,6 +124,36 @@ def current_celery_task() -> CeleryTaskInfo | None:
     return CeleryTaskInfo(real, request, str(task_id), str(task.name), retries + 1)
 
 
+def carry_task() -> Callable[[Callable[[], Any]], Any] | None:
+    """What runs a call in another thread as part of the Celery task executing here, or None.
+
+    Celery's current task and its request are thread-local, so a thread the task starts sees
+    no task: the returned ``carry(call)`` pushes both around ``call()`` in that thread (and
+    leaves a thread already executing this task alone), so a ``TaskUpdater()`` or
+    ``Observer(self)`` made there joins the task's run and ``self.request.id`` reads right.
+    """
+    info = current_celery_task()
+    if info is None:
+        return None
+    task, request = info.task, info.request
+    from celery import _state
+
+    state: Any = _state  # celery-types does not declare the push/pop helpers
+
+    def carry(call: Callable[[], Any]) -> Any:
+        if _state.get_current_task() is task and getattr(task.request, "id", None) == info.task_id:
+            return call()
+        state.push_current_task(task)
+        task.request_stack.push(request)
+        try:
+            return call()
+        finally:
+            task.request_stack.pop()
+            state.pop_current_task()
+
+    return carry
+
+
 def run_for_current_task(
     task_uuid: object = None,
     task_name: object = None,

@@ -18,6 +18,7 @@ from typing import Any, Final, TypedDict
 
 from typing_extensions import NotRequired
 
+from otel_progress import _rate
 from otel_progress._run import (
     FAILED,
     FINAL_STATES,
@@ -39,7 +40,8 @@ from otel_progress._safety import MAX_NAME, internal_error, redact, redact_value
 __all__ = [
     "FINAL_STATES", "MAX_PAYLOAD_BYTES", "PRIVATE_KEY", "SCHEMA_VERSION", "ChildProgress",
     "ChildrenProgress", "JobsPayload", "OpenSpan", "PrivatePart", "ProgressPayload", "RunState",
-    "SectionPayload", "SectionState", "build", "dumps", "from_celery", "iso", "queued", "schema",
+    "SectionPayload", "SectionState", "build", "comparable", "dumps", "from_celery", "iso",
+    "queued", "schema",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -90,6 +92,9 @@ class SectionPayload(TypedDict):
     error: NotRequired[str | None]
     error_type: NotRequired[str | None]
     interrupted: NotRequired[str | None]
+    elapsed_s: NotRequired[float | None]
+    rate: NotRequired[float | None]
+    eta_s: NotRequired[float | None]
     children: NotRequired[list[SectionPayload]]
     omitted: NotRequired[int]
 
@@ -141,7 +146,12 @@ MAX_OPEN_SPANS: Final = 16
 
 
 class ProgressPayload(TypedDict):
-    """What the state bridge publishes and ``TaskUpdater.to_dict()`` returns."""
+    """What the state bridge publishes and ``TaskUpdater.to_dict()`` returns.
+
+    ``elapsed_s`` (seconds since the run started, to its end once finished), ``rate`` (items
+    per second when the run counts items of its own, else percent per second; smoothed) and
+    ``eta_s`` (seconds left; null while progress is unknown) are as of ``updated``.
+    """
 
     schema: int
     state: RunState
@@ -168,6 +178,9 @@ class ProgressPayload(TypedDict):
     attempt: int
     children: list[str]
     updated: str
+    elapsed_s: float | None
+    rate: float | None
+    eta_s: float | None
     traceback: NotRequired[str | None]
     children_progress: NotRequired[ChildrenProgress]
     celery_state: NotRequired[str | None]
@@ -217,9 +230,13 @@ def build(run: Run, open_spans: list[OpenSpan] | None = None) -> ProgressPayload
 
     ``open_spans`` (the publisher's, for the backend only) becomes the private part."""
     with run.lock:
+        now = time.time()
         percent, indeterminate = run.overall_percent()
         current, total = run.current_total(percent)
         failed = run.failed or run.state in (FAILED, REVOKED)
+        finished = run.finished and run.state != RETRYING
+        elapsed, rate, eta = _rate.run(run.node, percent, indeterminate, finished, run.state,
+                                       run.end, now)
         data: ProgressPayload = {
             "schema": SCHEMA_VERSION,
             "state": run.state,
@@ -237,15 +254,18 @@ def build(run: Run, open_spans: list[OpenSpan] | None = None) -> ProgressPayload
             "end": iso(run.end),
             "log": run.log.text(),
             "exception": run.exc_message if run.latest_exc is not None or failed else None,
-            "finished": run.finished and run.state != RETRYING,
+            "finished": finished,
             "status": run.status,
             "jobs": JobsPayload(finished=run.jobs_finished, total=run.jobs_total),
-            "sections": _tree(run.node),
+            "sections": _tree(run.node, now),
             "trace_id": run.trace_id,
             "span_id": run.span_id,
             "attempt": run.attempt,
             "children": list(run.children[-MAX_CHILDREN_LISTED:]),
-            "updated": iso(time.time()) or "",
+            "updated": iso(now) or "",
+            "elapsed_s": elapsed,
+            "rate": rate,
+            "eta_s": eta,
         }
         if run.include_traceback:
             data["traceback"] = run.latest_traceback
@@ -256,6 +276,24 @@ def build(run: Run, open_spans: list[OpenSpan] | None = None) -> ProgressPayload
         if open_spans:
             data["_private"] = PrivatePart(open_spans=open_spans[:MAX_OPEN_SPANS])
     return fit(data)
+
+
+VOLATILE_KEYS: Final = frozenset({"updated", "elapsed_s", "rate", "eta_s"})
+"""Keys that change with the clock alone: a payload that differs only in them is no news."""
+
+
+def comparable(payload: ProgressPayload | dict[str, Any]) -> dict[str, Any]:
+    """The payload without its clock-driven keys (also in the section tree), to tell whether
+    anything happened since the last write (a stalled task is not rewritten every interval)."""
+    def strip(sections: object) -> object:
+        if not isinstance(sections, list):
+            return sections
+        return [{k: (strip(v) if k == "children" else v) for k, v in item.items()
+                 if k not in VOLATILE_KEYS} if isinstance(item, dict) else item
+                for item in sections]
+
+    return {k: (strip(v) if k == "sections" else v) for k, v in payload.items()
+            if k not in VOLATILE_KEYS}
 
 
 def _json_safe(value: Any) -> Any:
@@ -269,8 +307,9 @@ def _json_safe(value: Any) -> Any:
     return json.loads(text)
 
 
-def _section_payload(node: Node) -> SectionPayload:
+def _section_payload(node: Node, now: float) -> SectionPayload:
     pct = node.shown_percent()
+    elapsed, rate, eta = _rate.section(node, now)
     return SectionPayload(
         name=safe_str(node.name, MAX_NAME),
         state=node.state,
@@ -280,11 +319,14 @@ def _section_payload(node: Node) -> SectionPayload:
         error=node.error,
         error_type=node.error_type,
         interrupted=node.interrupted,
+        elapsed_s=elapsed,
+        rate=rate,
+        eta_s=eta,
         children=[],
     )
 
 
-def _tree(root: Node) -> list[SectionPayload]:
+def _tree(root: Node, now: float) -> list[SectionPayload]:
     """The section tree with at most PAYLOAD_MAX_NODES nodes and PAYLOAD_MAX_DEPTH levels."""
     budget = [PAYLOAD_MAX_NODES]
 
@@ -302,7 +344,7 @@ def _tree(root: Node) -> list[SectionPayload]:
                 skipped += 1
                 continue
             budget[0] -= 1
-            item = _section_payload(child)
+            item = _section_payload(child, now)
             if child.has_children:
                 if child.depth >= PAYLOAD_MAX_DEPTH:
                     sub_head, sub_omitted, sub_tail = child.children()
@@ -374,7 +416,8 @@ def queued(task_id: str, task_name: str, now: float | None = None) -> ProgressPa
         "start": None, "end": None, "log": "", "exception": None, "finished": False,
         "status": STATUS_RUNNING, "jobs": {"finished": 0, "total": 0}, "sections": [],
         "trace_id": None, "span_id": None, "attempt": 1, "children": [],
-        "updated": iso(time.time() if now is None else now) or "",
+        "updated": iso(time.time() if now is None else now) or "", "elapsed_s": None,
+        "rate": None, "eta_s": None,
     }
 
 
@@ -420,6 +463,7 @@ def from_celery(
     )
     if not ours.get("end"):
         ours["end"] = iso(parse_iso(date_done) or time.time())
+    ours["eta_s"] = None if failed else 0.0  # nothing is left to wait for
     if failed:
         if exc_type is not None:
             ours["exc_type"] = safe_str(exc_type, 200)
@@ -441,6 +485,8 @@ def _close_sections(sections: object, error_type: str | None) -> None:
         if not isinstance(item, dict):
             continue
         if item.get("state") == RUNNING:
+            if item.get("eta_s") is not None:
+                item["eta_s"] = 0.0 if error_type is None else None
             if error_type is None:
                 item["state"] = SUCCEEDED
                 item["percent"] = 100.0

@@ -99,7 +99,7 @@ class Publisher:
             except Exception as exc:
                 internal_error("publish.payload", exc)
                 return
-            comparable = {k: v for k, v in payload.items() if k != "updated"}
+            comparable = _payload.comparable(payload)  # not the clock's keys (elapsed_s...)
             if comparable == self.last_sent and not self.urgent:
                 return
             self.urgent = False

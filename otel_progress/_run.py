@@ -327,7 +327,8 @@ class Run:
         Within one attempt the percent never decreases and reads 100 only once the run
         completed. Without ``expected_sections`` the denominator is an estimate: the top-level
         sections seen so far plus one still to come, so the estimate never reaches 100 early;
-        the payload then says ``indeterminate: true``.
+        the payload says ``indeterminate: true`` only while no top-level section has closed or
+        reported progress (nothing is known yet).
         """
         if self.finished:
             return (100.0 if self.complete else self.high_water), False
@@ -346,7 +347,9 @@ class Run:
                 indeterminate = False
             else:
                 denominator = seen + 1
-                indeterminate = True
+                # an estimate, but a known one once a section closed or reported (issue 13:
+                # indeterminate only while progress is unknown)
+                indeterminate = not closed and not known
             pct = clamp_percent(done / denominator) if denominator else 0.0
         if pct >= 100.0:
             pct = 99.99  # 100 only once the run finished

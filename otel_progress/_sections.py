@@ -13,14 +13,21 @@ import inspect
 import itertools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-from otel_progress import _celery, _payload, _publish, _spans
+from otel_progress import _celery, _payload, _publish, _spans, _threads, _track
 from otel_progress._payload import ProgressPayload
-from otel_progress._run import STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING, Node, Run
+from otel_progress._run import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    Node,
+    Outcome,
+    Run,
+)
 from otel_progress._safety import (
     MAX_INT,
     as_number,
@@ -35,6 +42,7 @@ from otel_progress._safety import (
 )
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 _ids = itertools.count()
 _ONE: Final = 1
 """``advance()``'s default step: CPython has one object for the int 1, so ``step is _ONE`` is
@@ -110,12 +118,13 @@ class Section:
         except Exception as exc:
             internal_error("TaskUpdater.section.enter", exc)
 
-    def _exit(self, exc: BaseException | None) -> bool:
+    def _exit(self, exc: BaseException | None, outcome: Outcome | None = None) -> bool:
         entered = self._entered
         if not entered:
             return False
         node, otel_token, var_token = entered.pop()
-        outcome = "succeeded" if exc is None else _celery.outcome_of(exc)
+        if outcome is None:
+            outcome = "succeeded" if exc is None else _celery.outcome_of(exc)
         updater = self._updater
         run = updater._run
         try:
@@ -193,6 +202,7 @@ class TaskUpdater:
         self.advance = _advancer(self._innermost, self._current)  # type: ignore[method-assign]
         if verbose:
             self._run.verbose = True
+        _track.remember(self)  # what otel_progress.track() reports to when given no updater
         if self._run.ends_on_drop:
             # Outside Celery nobody else ends the run: do it when the updater is dropped.
             weakref.finalize(self, _finish_dropped, self._run)
@@ -316,6 +326,35 @@ class TaskUpdater:
     def trace_id(self) -> str | None:
         """Hex trace id of the run (None without an SDK), for a "View trace" link."""
         return self._run.trace_id
+
+    def track(
+        self,
+        iterable: Iterable[_T],
+        *,
+        total: int | float | None = None,
+        description: str | None = None,
+    ) -> Iterator[_T]:
+        """tqdm-style: yield the items of ``iterable``, counting each one done.
+
+        With ``description``, the items count in a section of that name (inside the current
+        one); without, they count in the current section itself. ``total`` defaults to
+        ``len(iterable)`` when it has one. Per item it costs one integer add::
+
+            for row in updater.track(rows, description="import rows"):
+                store(row)
+        """
+        return _track.track(iterable, total=total, description=description, updater=self)
+
+    def executor(self, max_workers: int | None = None) -> _threads.ProgressExecutor:
+        """A thread pool (``concurrent.futures.Executor``) whose work lands in this run.
+
+        Each ``submit``/``map`` call runs in the progress context of the caller at that moment,
+        so sections opened by the work nest under the section that submitted it::
+
+            with updater(task_name="fetch"), updater.executor(max_workers=8) as pool:
+                list(pool.map(fetch, urls))
+        """
+        return _threads.executor(max_workers)
 
 
 

@@ -32,6 +32,19 @@ def _section_lines(sections: Any, depth: int = 0) -> list[tuple[int, Mapping[str
     return out
 
 
+def _duration(seconds: float) -> str:
+    secs = max(round(seconds), 0)
+    if secs < 60:
+        return f"{secs}s"
+    if secs < 3600:
+        return f"{secs // 60}m{secs % 60:02d}s"
+    return f"{secs // 3600}h{(secs // 60) % 60:02d}m"
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _section_text(item: Mapping[str, Any]) -> str:
     if "omitted" in item:
         return f"… {item['omitted']} more"
@@ -39,17 +52,23 @@ def _section_text(item: Mapping[str, Any]) -> str:
     text = f"{item.get('name')}  {item.get('state')}"
     if isinstance(pct, (int, float)):
         text += f"  {pct:.0f}%"
+    if item.get("state") == "running" and _number(item.get("eta_s")):
+        text += f"  ETA {_duration(item['eta_s'])}"
     if item.get("state") == "failed" and (item.get("error_type") or item.get("interrupted")):
         text += f"  {item.get('error_type') or item.get('interrupted')}"
     return text
 
 
 def _rate_eta(payload: Mapping[str, Any]) -> str:
+    """``elapsed 12s  3.50/s  ETA 40s`` (the rate and ETA only while the task runs)."""
     parts = []
-    if isinstance(payload.get("rate"), (int, float)):
+    running = payload.get("state") not in FINAL_STATES
+    if _number(payload.get("elapsed_s")):
+        parts.append(f"elapsed {_duration(payload['elapsed_s'])}")
+    if running and _number(payload.get("rate")):
         parts.append(f"{payload['rate']:.2f}/s")
-    if isinstance(payload.get("eta_s"), (int, float)):
-        parts.append(f"ETA {payload['eta_s']:.0f}s")
+    if running and _number(payload.get("eta_s")):
+        parts.append(f"ETA {_duration(payload['eta_s'])}")
     return "  ".join(parts)
 
 
@@ -80,7 +99,9 @@ def _panel(labels: Mapping[str, str], payloads: Mapping[str, Mapping[str, Any] |
 def _plain_lines(label: str, payload: Mapping[str, Any] | None) -> list[str]:
     if payload is None:
         return [f"{label}: not tracked yet"]
+    timing = _rate_eta(payload) if payload.get("state") not in FINAL_STATES else ""
     lines = [f"{label}: {payload.get('state')} {float(payload.get('percent') or 0):.1f}%"
+             + (f"  {timing}" if timing else "")
              + (f" - {payload['description']}" if payload.get("description") else "")]
     for depth, item in _section_lines(payload.get("sections")):
         lines.append(f"{label}:   {'  ' * depth}{_section_text(item)}")

@@ -14,7 +14,7 @@ SDK_ALLOWED = {"_config", "_pipeline", "_lifecycle", "testing"}
 CELERY_AT_MODULE_LEVEL = {"_celery", "_backend", "celery", "_demo_app"}
 """``_demo_app`` is not a room of the library: it is the Celery application the demo's worker
 runs (the seeds as tasks), written as a user writes one."""
-PURE = {"_run", "_payload", "_history"}
+PURE = {"_run", "_payload", "_history", "_rate"}
 """Rooms that import neither OpenTelemetry nor Celery, anywhere in the module."""
 UPPER = ("web", "cli", "history", "_demo", "_demo_app", "_demo_receiver", "_terminal")
 """Public rooms on top: they read through _backend, _payload and the public API only."""

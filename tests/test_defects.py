@@ -459,11 +459,22 @@ def test_overall_percent_never_reads_100_before_the_run_finished() -> None:
     assert [] == [pct for pct in percents if pct >= 100.0], f"percents: {percents}"
 
 
-# Observed: indeterminate is False after every step (the count of sections is never known).
-def test_unknown_section_count_reads_indeterminate() -> None:
-    """Without expected_sections the overall percent is flagged indeterminate while running."""
+# Issue 13 stands over DECISIONS 8 here: indeterminate only while progress is unknown. Every
+# step of the scan loop reports progress, so none of its payloads is indeterminate...
+def test_unknown_section_count_with_reported_progress_is_not_indeterminate() -> None:
+    """Without expected_sections, a run whose sections report progress is not indeterminate."""
     flags = [indeterminate for _, indeterminate in _scan_loop_percents()]
-    assert [True] * len(flags) == flags
+    assert [False] * len(flags) == flags
+
+
+# ...while a run whose only section reported nothing yet still is.
+def test_unknown_section_count_without_progress_reads_indeterminate() -> None:
+    """Without expected_sections and before any progress, the payload reads indeterminate."""
+    updater = TaskUpdater(task_name="scan")
+    with updater(task_name="scan file"):
+        payload = updater.to_dict()
+    updater.insert_final_update()
+    assert (True, None) == (payload["indeterminate"], payload["eta_s"])
 
 
 # Observed: the "retrying" payload between the attempts reads 100.0 (the attempt's run counted

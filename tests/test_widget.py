@@ -209,7 +209,8 @@ def test_poll_stops_at_the_final_state(page: Any, server: UvicornServer,
     task_id = producer.quick.delay(3, 0.05).id
     status_path = f"/w/tasks/{task_id}"
     requests: list[str] = []
-    page.on("request", lambda r: requests.append(r.url) if r.url.endswith(status_path) else None)
+    page.on("request", lambda r: requests.append(r.url) if r.url.endswith(
+        (status_path, status_path + "/events")) else None)  # polling, or server-sent events
     widget_page(page, server, status_path)
     wait_final(page)
     made = len(requests)
@@ -252,7 +253,7 @@ def test_recovers_after_network_errors_and_503(page: Any, server: UvicornServer,
             route.continue_()
 
     page.route(status_url, handle)
-    widget_page(page, server, f"/w/tasks/{task_id}")
+    widget_page(page, server, f"/w/tasks/{task_id}", events=False)  # the polling path
     wait_final(page)
     errors = page.evaluate("window.calls.error")
     assert [("Network Error", "undefined"), ("Network Error", "undefined"),

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from otel_progress._payload import FINAL_STATES, comparable
 from otel_progress.web._reader import Answer, Facts, Reader, policy_of
 
 Authorize = Callable[[Request, Any], bool | Awaitable[bool]]
@@ -23,6 +28,7 @@ LIST_PATH = "/tasks"
 LOG_PATH = "/tasks/{task_id}/log"
 TASK_PATH = "/tasks/{task_id}"
 VIEW_PATH = "/tasks/{task_id}/view"
+EVENTS_PATH = "/tasks/{task_id}/events"
 WIDGET_PATH = "/static/otel-progress.js"
 
 
@@ -106,6 +112,67 @@ class Endpoints:
             return response(refused)
         return response(await run_in_threadpool(self.reader.log_lookup, task_id, about))
 
+    async def events(self, request: Request) -> Response:
+        """``GET /tasks/{task_id}/events``: the payload as server-sent events until it is final.
+
+        The same checks as ``GET /tasks/{task_id}`` in the same order (id, ``authorize``, the
+        lookup: 400/403/404/503 answer as JSON, not as a stream). Each event is the whole
+        payload (``event: progress``, ``data:`` the JSON the status route answers, ``id:`` a
+        digest of what changed), sent when it changes; a ``: heartbeat`` comment after
+        ``EVENTS_HEARTBEAT`` seconds of silence; the stream ends after the final state's event
+        (and after ``EVENTS_MAX_AGE``). ``Last-Event-ID`` resumes: a payload the client already
+        has is not sent again, and a final one it already has answers 204, which tells an
+        EventSource not to reconnect.
+        """
+        task_id = request.path_params["task_id"]
+        about = facts(request)
+        refused = await self._refusal(request, task_id, about)
+        if refused is not None:
+            return response(refused)
+        params = dict(request.query_params)
+        first = await run_in_threadpool(self.reader.lookup, task_id, params, about)
+        if first.status != 200:
+            return response(first)
+        seen = request.headers.get("last-event-id")
+        event_id, final = _event_facts(first.body)
+        headers = {k: v for k, v in first.headers if k != "Content-Type"}
+        if final and event_id == seen:
+            return Response(status_code=204, headers=headers)
+        headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        return StreamingResponse(self._stream(request, task_id, params, about, first, seen),
+                                 media_type="text/event-stream", headers=headers)
+
+    async def _stream(self, request: Request, task_id: str, params: Mapping[str, str],
+                      about: Facts, answer: Answer, seen: str | None) -> AsyncIterator[bytes]:
+        from otel_progress import web  # the tunables, read per stream (tests shorten them)
+
+        started = last_sent = time.monotonic()
+        yield b"retry: 1000\n\n"
+        while True:
+            if answer.status == 200:
+                event_id, final = _event_facts(answer.body)
+                if event_id != seen:
+                    seen = event_id
+                    last_sent = time.monotonic()
+                    yield b"id: %s\nevent: progress\ndata: %s\n\n" % (event_id.encode(),
+                                                                        answer.body)
+                if final:
+                    return
+            elif answer.status == 404:  # the record is gone (expired): nothing more to say
+                yield b"event: gone\ndata: {}\n\n"
+                return
+            now = time.monotonic()
+            if now - started >= web.EVENTS_MAX_AGE:
+                return
+            if now - last_sent >= web.EVENTS_HEARTBEAT:
+                last_sent = now
+                yield b": heartbeat\n\n"
+            await asyncio.sleep(max(0.01, min(web.EVENTS_POLL,
+                                              web.EVENTS_HEARTBEAT - (now - last_sent))))
+            if await request.is_disconnected():
+                return
+            answer = await run_in_threadpool(self.reader.lookup, task_id, params, about)
+
     async def widget(self, request: Request) -> Response:
         """``GET /static/otel-progress.js``: public, it holds no task data."""
         return response(self.reader.widget(facts(request)))
@@ -117,6 +184,7 @@ class Endpoints:
             Route(LOG_PATH, self.log, methods=["GET"], name="otel_progress_log"),
             Route(TASK_PATH, self.task, methods=["GET", "OPTIONS"], name="otel_progress_task"),
             Route(VIEW_PATH, self.view, methods=["GET"], name="otel_progress_view"),
+            Route(EVENTS_PATH, self.events, methods=["GET"], name="otel_progress_events"),
             Route(WIDGET_PATH, self.widget, methods=["GET"], name="otel_progress_widget"),
         ]
 
@@ -132,8 +200,9 @@ def create_app(
     include_result: bool = False,
     history: object = None,
 ) -> Starlette:
-    """The status app: ``GET /tasks/{id}``, ``GET /tasks/{id}/view``, the widget's JS, and
-    from the task history ``GET /tasks`` (a filtered page of rows) and ``GET /tasks/{id}/log``.
+    """The status app: ``GET /tasks/{id}``, ``GET /tasks/{id}/view``, ``GET /tasks/{id}/events``
+    (server-sent events), the widget's JS, and from the task history ``GET /tasks`` (a filtered
+    page of rows) and ``GET /tasks/{id}/log``.
 
     An ASGI app on Starlette; serve it with ``uvicorn`` (it binds 127.0.0.1 by default)::
 
@@ -171,6 +240,27 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.otel_progress_reader = reader
     return app
+
+
+def _event_facts(body: bytes) -> tuple[str, bool]:
+    """(event id, final) of a status answer's JSON body: the id is a digest of what the
+    payload says apart from the clock (``updated``, ``elapsed_s``, ``rate``, ``eta_s``)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return hashlib.sha1(body).hexdigest()[:16], False
+    if not isinstance(data, dict):
+        return hashlib.sha1(body).hexdigest()[:16], False
+    if "complete" in data and "progress" in data:  # the celery-progress envelope
+        final = data.get("complete") is True and data.get("state") != "RETRY"
+        progress = data.get("progress")
+        digest_of: Any = dict(data, progress=comparable(progress)) if isinstance(
+            progress, dict) else data
+    else:
+        final = data.get("state") in FINAL_STATES
+        digest_of = comparable(data)
+    text = json.dumps(digest_of, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16], final
 
 
 def routes(reader: Reader, authorize: Authorize | None) -> Iterable[BaseRoute]:

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from otel_progress.web._reader import Reader, policy_of
 from otel_progress.web._starlette import (
+    EVENTS_PATH,
     LIST_PATH,
     LOG_PATH,
     TASK_PATH,
@@ -47,8 +48,9 @@ def router(
     include_result: bool = False,
     history: object = None,
 ) -> APIRouter:
-    """An ``APIRouter`` with ``GET /tasks/{task_id}``, ``/tasks/{task_id}/view``, the widget,
-    ``GET /tasks`` (history rows) and ``GET /tasks/{task_id}/log``."""
+    """An ``APIRouter`` with ``GET /tasks/{task_id}``, ``/tasks/{task_id}/view``,
+    ``/tasks/{task_id}/events`` (server-sent events), the widget, ``GET /tasks`` (history rows)
+    and ``GET /tasks/{task_id}/log``."""
     reader = Reader(
         celery_app, policy=policy_of(authorize, allow_anonymous, default="deny"),
         trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
@@ -66,6 +68,9 @@ def router(
                       summary="A task's progress payload (or ?format=celery-progress)")
     api.add_api_route(VIEW_PATH, endpoints.view, methods=["GET"], response_class=Response,
                       name="otel_progress_view", summary="The task shown with the widget")
+    api.add_api_route(EVENTS_PATH, endpoints.events, methods=["GET"], response_class=Response,
+                      name="otel_progress_events",
+                      summary="The task's payload as server-sent events until it is final")
     api.add_api_route(WIDGET_PATH, endpoints.widget, methods=["GET"], response_class=Response,
                       name="otel_progress_widget", summary="otel-progress.js",
                       include_in_schema=False)

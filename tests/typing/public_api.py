@@ -80,3 +80,27 @@ def history_usage(app: Any) -> list[str]:
     write_csv(page, out)
     assert read_csv(out.getvalue()) == page and list(ROW_KEYS)
     return [str(r) for r in rows]
+
+
+def adoption_usage(task: Any) -> list[int]:
+    import otel_progress
+    from otel_progress.compat.celery_progress import GroupProgress, Progress, ProgressRecorder
+
+    updater = TaskUpdater(task_name="loops")
+    rows: list[int] = list(updater.track(range(3), description="rows"))
+    rows += list(otel_progress.track([1, 2], total=2, updater=updater))
+    with updater.executor(max_workers=2) as pool:
+        doubled: list[int] = list(pool.map(lambda n: n * 2, rows))
+    run_in_thread = otel_progress.propagate(lambda n: n + 1)
+    value: int = run_in_thread(1)
+    recorder = ProgressRecorder(task)
+    state, meta = recorder.set_progress(1, 2, description="half")
+    recorder.increment_progress(by=1)
+    info: dict[str, Any] = Progress(task).get_info()
+    group_info: dict[str, Any] = GroupProgress(task).get_info()
+    assert state and meta and info and group_info and value
+    payload = updater.to_dict()
+    eta: float | None = payload["eta_s"]
+    rate: float | None = payload["rate"]
+    assert eta is None or rate is None or eta >= 0
+    return doubled

@@ -7,6 +7,7 @@
  *       url: "/tasks/" + taskId,                                  // the status endpoint
  *       traceUrl: "http://localhost:16686/trace/{trace_id}",      // optional "View trace" link
  *       pollInterval: 1000,                                       // ms between polls
+ *       events: true,                                             // server-sent events first
  *       onSuccess: (bar, message, result) => { ... },             // celery-progress's callbacks
  *     });
  *     handle.stop();                                              // stop polling from code
@@ -20,6 +21,12 @@
  * error type, a "View trace" link, and a visible notice when the payload is stale. It polls with
  * backoff (network errors, 503 and its Retry-After), stops at a final state, never moves a bar
  * backwards, and inserts every string with textContent: nothing from the server becomes HTML.
+ * Elapsed time, rate and ETA (elapsed_s, rate, eta_s) show under the bar and beside sections.
+ *
+ * Where the browser has EventSource (and options.events is not false) it first listens to
+ * url + "/events" (server-sent events, GET /tasks/<id>/events on the Starlette/FastAPI app),
+ * and falls back to polling when that stream is refused or unavailable (a 404 from an adapter
+ * without it, a 403, a 503, repeated errors). data-transport on the widget says which is used.
  *
  * Callbacks take celery-progress's arguments:
  *   onProgress(barElement, messageElement, progress)   progress: {pending, current, total,
@@ -74,8 +81,32 @@
     ".otp-error{font-family:ui-monospace,monospace;font-size:12px;color:#cf222e}",
     ".otp-foot{margin-top:8px;display:flex;gap:12px;font-size:12px;color:#57606a}",
     ".otp-foot a{color:#0969da}",
+    ".otp-eta{font-size:12px;color:#57606a;margin:2px 0;font-variant-numeric:tabular-nums}",
+    ".otp-section-eta{font-size:12px;color:#57606a;margin-left:6px}",
     "[hidden]{display:none!important}"
   ].join("");
+
+  function duration(seconds) {
+    var s = Math.max(0, Math.round(Number(seconds)));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  function isNumber(value) {
+    return typeof value === "number" && isFinite(value);
+  }
+
+  // "elapsed 12 s · 3.5/s · about 40 s left" (each part only when the payload has it)
+  function timing(data, running) {
+    var parts = [];
+    if (isNumber(data.elapsed_s)) parts.push("elapsed " + duration(data.elapsed_s));
+    if (running && isNumber(data.rate) && data.rate > 0) {
+      parts.push((data.rate >= 10 ? Math.round(data.rate) : data.rate.toFixed(2)) + "/s");
+    }
+    if (running && isNumber(data.eta_s)) parts.push("about " + duration(data.eta_s) + " left");
+    return parts.join(" \u00b7 ");
+  }
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -171,6 +202,7 @@
     var percent = el("span", "otp-percent", "0%");
     row.appendChild(overall.element);
     row.appendChild(percent);
+    var eta = el("div", "otp-eta", "");
     var note = el("p", "otp-note", "");
     note.setAttribute("aria-live", "polite");
     var stale = el("p", "otp-stale", "");
@@ -189,7 +221,7 @@
     var updated = el("span", "otp-updated", "");
     foot.appendChild(trace);
     foot.appendChild(updated);
-    [head, row, note, stale, status, sections, result, foot].forEach(function (node) {
+    [head, row, eta, note, stale, status, sections, result, foot].forEach(function (node) {
       widget.appendChild(node);
     });
     element.appendChild(widget);
@@ -197,6 +229,7 @@
     // --- state -----------------------------------------------------------------------------
     var timer = null;
     var controller = null;
+    var source = null; // the EventSource while server-sent events carry the payload
     var stopped = false;
     var failures = 0;
     var polls = 0;
@@ -245,6 +278,9 @@
           stateText.appendChild(document.createTextNode(" "));
           stateText.appendChild(el("span", "otp-error", section.error_type));
         }
+        if (state === "running" && isNumber(section.eta_s)) {
+          stateText.appendChild(el("span", "otp-section-eta", duration(section.eta_s) + " left"));
+        }
         sectionHead.appendChild(stateText);
         item.appendChild(sectionHead);
         if (state === "failed" && section.error) {
@@ -291,6 +327,7 @@
         message = String(data.exc_type) + (data.exc_message ? ": " + data.exc_message : "");
       }
       note.textContent = message;
+      eta.textContent = timing(data, !FINAL[state]);
       if (data.stale === true) {
         var since = data.updated ? new Date(String(data.updated)) : null;
         stale.textContent = "No progress reported since " +
@@ -367,6 +404,8 @@
 
     function finish() {
       stopped = true;
+      if (source) source.close();
+      source = null;
       widget.setAttribute("data-polling", "false");
     }
 
@@ -379,7 +418,7 @@
       notify(data);
       if (FINAL[String(data.state)]) {
         finish();
-      } else {
+      } else if (!source) {
         schedule(pollInterval);
       }
     }
@@ -425,6 +464,54 @@
       });
     }
 
+    function eventsUrl() {
+      var query = url.indexOf("?");
+      return query < 0 ? url.replace(/\/+$/, "") + "/events"
+        : url.slice(0, query).replace(/\/+$/, "") + "/events" + url.slice(query);
+    }
+
+    // Server-sent events first; polling when the stream is refused or keeps failing. The
+    // browser reconnects a dropped stream itself (with Last-Event-ID): that is not a failure.
+    function listen() {
+      var received = false;
+      var errors = 0;
+      try {
+        source = new root.EventSource(eventsUrl(), { withCredentials: true });
+      } catch (err) {
+        source = null;
+        fallBack();
+        return;
+      }
+      widget.setAttribute("data-transport", "events");
+      source.addEventListener("progress", function (event) {
+        if (stopped) return;
+        received = true;
+        errors = 0;
+        var data;
+        try {
+          data = JSON.parse(event.data);
+        } catch (err) {
+          return;
+        }
+        onData(data);
+      });
+      source.addEventListener("gone", function () {
+        if (!stopped) fallBack();
+      });
+      source.onerror = function () {
+        if (stopped || !source) return;
+        errors += 1;
+        if (!received || source.readyState === 2 || errors >= 3) fallBack();
+      };
+    }
+
+    function fallBack() {
+      if (source) source.close();
+      source = null;
+      widget.setAttribute("data-transport", "polling");
+      if (!stopped && timer === null) poll();
+    }
+
     var handle = {
       /** Stop polling now (an in-flight request is aborted). */
       stop: function () {
@@ -440,7 +527,12 @@
     Object.defineProperty(handle, "element", { value: widget });
     element.__otelProgress = handle;
     widget.setAttribute("data-polling", "true");
-    poll();
+    if (options.events !== false && typeof root.EventSource === "function") {
+      listen();
+    } else {
+      widget.setAttribute("data-transport", "polling");
+      poll();
+    }
     return handle;
   }
 
@@ -451,7 +543,8 @@
       mount(node, {
         url: node.getAttribute("data-url"),
         traceUrl: node.getAttribute("data-trace-url") || null,
-        pollInterval: Number(node.getAttribute("data-poll-interval")) || undefined
+        pollInterval: Number(node.getAttribute("data-poll-interval")) || undefined,
+        events: node.getAttribute("data-events") !== "false"
       });
     });
   }
