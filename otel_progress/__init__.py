@@ -5,6 +5,7 @@ from otel_progress._config import configure, dropped_spans, force_flush, reset, 
 from otel_progress._observer import Observer
 from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
 from otel_progress._publish import set_min_interval
+from otel_progress._run import TaskCancelled
 from otel_progress._sections import Section, TaskUpdater
 from otel_progress._version import __version__
 
@@ -14,6 +15,7 @@ __all__ = [
     "ProgressPayload",
     "Section",
     "SectionPayload",
+    "TaskCancelled",
     "TaskUpdater",
     "__version__",
     "configure",

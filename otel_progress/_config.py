@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
-from otel_progress import _lifecycle, _metrics, _pipeline
+from otel_progress import _lifecycle, _live, _metrics, _pipeline
 from otel_progress._attributes import METRIC_SECTION_DURATION, SECTION_DURATION_BUCKETS
 from otel_progress._safety import in_background, logger
 
@@ -38,7 +38,7 @@ _TYPES: Final[dict[str, tuple[type, ...]]] = {
     "service_name": (str,), "endpoint": (str,), "protocol": (str,), "headers": (str, Mapping),
     "insecure": (bool,), "console": (bool,), "timeout": (int, float), "traces_exporter": (str,),
     "resource_attributes": (Mapping,), "metrics": (bool,), "max_queue_size": (int,),
-    "span_limits": (SpanLimits,),
+    "span_limits": (SpanLimits,), "live": (bool,), "live_interval": (int, float),
 }
 _RULES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "protocol": (_PROTOCOLS.__contains__, "must be grpc or http/protobuf (not http/json)"),
@@ -46,7 +46,10 @@ _RULES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
                         "must name otlp, console or none"),
     "timeout": (lambda v: math.isfinite(v) and v > 0, "must be a positive number of seconds"),
     "max_queue_size": (lambda v: v > 0, "must be positive"),
+    "live_interval": (lambda v: math.isfinite(v) and v > 0, "must be a positive number of seconds"),
 }
+_NOT_EXPORT: Final = frozenset({"metrics", "live", "live_interval"})
+"""Arguments that mean something when the application owns the provider too."""
 _LOCK = threading.RLock()
 # What configure() set globally: it outlives reset() as the globals do.
 _SWITCH: Final = _pipeline.Switch()
@@ -99,6 +102,10 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
     s["protocols"] = [s.get("protocol") or _protocol(signal) for signal in ("TRACES", "METRICS")]
     s["resource"] = {**s.get("resource_attributes", {}),
                      **({SERVICE_NAME: s["service_name"]} if "service_name" in s else {})}
+    live, interval = _live.from_environment() if not {"live", "live_interval"} <= set(s) \
+        else (False, _live.DEFAULT_INTERVAL)
+    s.setdefault("live", live)
+    s.setdefault("live_interval", float(interval))
     s["environ"] = sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))
     return s
 
@@ -152,14 +159,16 @@ def _build(s: dict[str, Any]) -> _pipeline.Exporters:
         ConsoleSpanExporter() if "console" in names else None,
         _exporter(s, "metrics") if wanted and meter != "application" else None, queue,
         None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ or queue >= 512 else queue, s,
+        _live.LIVE_BATCH_DELAY_MS if s["live"] and "OTEL_BSP_SCHEDULE_DELAY" not in os.environ
+        else None,
     )
 
 
-def _apply(s: dict[str, Any]) -> None:
+def _apply(s: dict[str, Any], given: set[str]) -> None:
     """Set the providers nobody set (once per process), then swap in new exporters."""
     global _provider, _meter_provider
     tracer, meter = _owners()
-    if tracer == "application" and set(s) & set(_TYPES) - {"metrics"}:
+    if tracer == "application" and set(given) & set(_TYPES) - _NOT_EXPORT:
         logger.warning("otel_progress.configure(): the application already set a "
                        "TracerProvider; otel_progress uses it as is and adds no exporter")
     if _SWITCH.current is not None and _SWITCH.current.settings == s:
@@ -216,6 +225,8 @@ def configure(
     metrics: bool | None = None,
     max_queue_size: int | None = None,
     span_limits: SpanLimits | None = None,
+    live: bool | None = None,
+    live_interval: float | None = None,
 ) -> None:
     """Send otel_progress's spans and metrics to an OTLP collector (or the console).
 
@@ -224,10 +235,18 @@ def configure(
     application set is used as is. A slow collector costs dropped, counted spans, never a
     waiting task; a shutdown takes at most ``timeout`` s (default 10). Bad arguments raise
     ``TypeError``/``ValueError``: ``configure(service_name="billing", endpoint="http://c:4317")``
+
+    ``live=True`` (``OTEL_PROGRESS_LIVE=true``) sends zero-duration placeholder spans for running
+    runs and sections, one at the start and one per ``live_interval`` seconds
+    (``OTEL_PROGRESS_LIVE_INTERVAL``, default 10) with the percent, so a long task shows in Jaeger
+    or Tempo while it runs; the batch delay then defaults to 1 s.
     """
-    s = _resolve(dict(locals()))  # exactly the keyword arguments, by name
+    args = dict(locals())  # exactly the keyword arguments, by name
+    given = {name for name, value in args.items() if value is not None}
+    s = _resolve(args)
     with _LOCK:
-        _apply(s)
+        _apply(s, given)
+        _live.set_live(s["live"], s["live_interval"])
         _lifecycle.set_shutdown_bound(s.get("timeout", _lifecycle.DEFAULT_SHUTDOWN_BOUND_S))
     _lifecycle.connect_celery("configure")
 
@@ -270,6 +289,7 @@ def reset() -> None:
     _metrics.LOSSES.reset()
     _lifecycle.set_shutdown_bound(_lifecycle.DEFAULT_SHUTDOWN_BOUND_S)
     _lifecycle.disconnect_celery("configure")
+    _live.reset()
 
 
 def dropped_spans() -> int:

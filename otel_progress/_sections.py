@@ -20,7 +20,14 @@ from typing import Any, Final, TypeVar, cast
 
 from otel_progress import _celery, _payload, _publish, _spans
 from otel_progress._payload import ProgressPayload
-from otel_progress._run import STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING, Node, Run
+from otel_progress._run import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    Node,
+    Run,
+    TaskCancelled,
+)
 from otel_progress._safety import (
     MAX_INT,
     as_number,
@@ -96,6 +103,8 @@ class Section:
     # in strict mode) without a guard object and two calls per block on every section.
     def _enter(self) -> None:
         updater = self._updater
+        if updater._run.cancel_requested:  # set by the flusher: one attribute read here
+            _cancel(updater._run, f"before section {self._name!r}")
         try:
             run = updater._run
             current = updater._current
@@ -234,7 +243,11 @@ class TaskUpdater:
         return self._run.latest_exc is not None
 
     def notify(self, message: object, **attributes: object) -> None:
-        """Record a notification: an event on the innermost open section, and a log line."""
+        """Record a notification: an event on the innermost open section, and a log line.
+
+        Raises ``TaskCancelled`` when a cancel was requested for the task."""
+        if self._run.cancel_requested:
+            _cancel(self._run, "at notify()")
         try:
             run = self._run
             text = safe_str(message)
@@ -307,6 +320,19 @@ class TaskUpdater:
         return _payload.build(self._run)
 
     @property
+    def cancelled(self) -> bool:
+        """Whether a cancel was requested for this task (the page's button, ``request_cancel``).
+
+        The flusher reads the request from the result backend (within one write interval);
+        a loop that checks this stops cleanly instead of waiting for ``TaskCancelled``."""
+        return self._run.cancel_requested
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``TaskCancelled`` if a cancel was requested (as a section boundary does)."""
+        if self._run.cancel_requested:
+            _cancel(self._run, "at raise_if_cancelled()")
+
+    @property
     def trace_id(self) -> str | None:
         """Hex trace id of the run (None without an SDK), for a "View trace" link."""
         return self._run.trace_id
@@ -344,6 +370,12 @@ def _advance_by(node: Node, step: object, owner: object) -> None:
             current = MAX_INT
         total = current + num
         node.current = max(min(total, MAX_INT), -MAX_INT)
+
+
+def _cancel(run: Run, where: str) -> None:
+    """Raise TaskCancelled for ``run`` (it then ends revoked, even if the task catches it)."""
+    run.cancelled = True
+    raise TaskCancelled(f"cancel requested; stopped {where}")
 
 
 def _finish_dropped(run: Run) -> None:

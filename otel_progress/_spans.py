@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
 from otel_progress import _attributes as A
-from otel_progress import _metrics
+from otel_progress import _live, _metrics
 from otel_progress._run import FAILED, REVOKED, Node, Run
 from otel_progress._safety import MAX_INT, exception_text, guard, type_name
 from otel_progress._version import __version__
@@ -83,6 +83,8 @@ def start_run(run: Run, span_name: str, *, in_celery: bool) -> None:
     run.node.span = span
     run.trace_id, run.span_id = _ids(span)
     _metrics.track_running(run)
+    if _live.enabled:
+        _live.run_started(run)
 
 
 @guard("spans.end_run")
@@ -105,7 +107,11 @@ def end_run(run: Run) -> None:
             attrs[A.CURRENT] = current
         if total is not None:
             attrs[A.TOTAL] = total
-        if run.state in (FAILED, REVOKED):
+        if run.cancelled and run.state == REVOKED:
+            attrs[A.CANCEL_REQUESTED] = True  # a requested cancel: revoked, not an error
+            if run.exc_message:
+                span.add_event(run.exc_message, {A.SECTION_STATE: REVOKED})
+        elif run.state in (FAILED, REVOKED):
             error_type = run.error_type or run.exc_type
             if error_type:
                 attrs[A.ERROR_TYPE] = error_type  # an attribute, not a second exception record
@@ -149,6 +155,8 @@ def start_section(run: Run, node: Node) -> object:
         A.TASK_NAME: run.task_name,
     })
     node.span = span
+    if _live.enabled:
+        _live.section_started(run, node)
     if not span.is_recording() and not span.get_span_context().is_valid \
             and not trace.get_current_span().get_span_context().is_valid:
         return _NOT_ATTACHED  # no tracing at all (API only): an invalid span made current
