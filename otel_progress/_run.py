@@ -314,6 +314,8 @@ class Run:
             if self.finished:
                 return False
             self.high_water = self.overall_percent()[0]
+            if self.cancelled and outcome is None:
+                outcome, complete = REVOKED, False  # a cancel it saw: revoked, not done
             self.finished = True
             self.complete = complete and outcome != RETRYING
             self.end = time.time()

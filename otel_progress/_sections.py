@@ -324,8 +324,12 @@ class TaskUpdater:
         """Whether a cancel was requested for this task (the page's button, ``request_cancel``).
 
         The flusher reads the request from the result backend (within one write interval);
-        a loop that checks this stops cleanly instead of waiting for ``TaskCancelled``."""
-        return self._run.cancel_requested
+        a loop that checks this stops cleanly instead of waiting for ``TaskCancelled``. Once
+        it read True the task has seen the cancel: its run ends ``revoked``."""
+        if self._run.cancel_requested:
+            self._run.cancelled = True  # it saw the cancel: the run ends revoked
+            return True
+        return False
 
     def raise_if_cancelled(self) -> None:
         """Raise ``TaskCancelled`` if a cancel was requested (as a section boundary does)."""

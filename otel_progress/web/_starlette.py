@@ -20,6 +20,7 @@ Authorize = Callable[[Request, str], bool | Awaitable[bool]]
 
 TASK_PATH = "/tasks/{task_id}"
 VIEW_PATH = "/tasks/{task_id}/view"
+CANCEL_PATH = "/tasks/{task_id}/cancel"
 WIDGET_PATH = "/static/otel-progress.js"
 
 
@@ -71,6 +72,17 @@ class Endpoints:
         params = dict(request.query_params)
         return response(await run_in_threadpool(self.reader.lookup, task_id, params, about))
 
+    async def cancel(self, request: Request) -> Response:
+        """``POST /tasks/{task_id}/cancel``: ask the running task to stop (and its preflight)."""
+        task_id = request.path_params["task_id"]
+        about = facts(request)
+        if request.method == "OPTIONS":
+            return response(self.reader.preflight(about, "POST, OPTIONS"))
+        refused = self.reader.cancel_check(about) or await self._refusal(request, task_id, about)
+        if refused is not None:
+            return response(refused)
+        return response(await run_in_threadpool(self.reader.cancel, task_id, about))
+
     async def view(self, request: Request) -> Response:
         """``GET /tasks/{task_id}/view``: the HTML page with the widget."""
         task_id = request.path_params["task_id"]
@@ -87,6 +99,8 @@ class Endpoints:
         return [
             Route(TASK_PATH, self.task, methods=["GET", "OPTIONS"], name="otel_progress_task"),
             Route(VIEW_PATH, self.view, methods=["GET"], name="otel_progress_view"),
+            Route(CANCEL_PATH, self.cancel, methods=["POST", "OPTIONS"],
+                  name="otel_progress_cancel"),
             Route(WIDGET_PATH, self.widget, methods=["GET"], name="otel_progress_widget"),
         ]
 
@@ -100,6 +114,7 @@ def create_app(
     include_traceback: bool = False,
     cors_origins: Sequence[str] | None = None,
     include_result: bool = False,
+    cancellable: bool = False,
 ) -> Starlette:
     """The status app: ``GET /tasks/{id}``, ``GET /tasks/{id}/view``, the widget's JS.
 
@@ -113,13 +128,16 @@ def create_app(
     ``authorize(request, task_id) -> bool`` gets Starlette's ``Request`` and runs after the id's
     format check and before any lookup; only ``True`` allows. ``include_traceback`` and
     ``include_result`` opt in to the traceback and to Celery's result; ``cors_origins`` lists the
-    origins a browser may read from (CORS is off without it).
+    origins a browser may read from (CORS is off without it). ``POST /tasks/{id}/cancel`` asks
+    a running task to stop (behind the same ``authorize``; it needs a JSON body or the
+    ``X-OTel-Progress`` header); ``cancellable=True`` shows the cancel button on the view page.
     """
     reader = Reader(
         celery_app, policy=policy_of(authorize, allow_anonymous, default="loopback"),
         trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
         cors_origins=cors_origins,
     )
+    reader.cancellable = bool(cancellable)
     endpoints = Endpoints(reader, authorize)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -23,7 +23,14 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from otel_progress.web._reader import Reader, policy_of
-from otel_progress.web._starlette import TASK_PATH, VIEW_PATH, WIDGET_PATH, Authorize, Endpoints
+from otel_progress.web._starlette import (
+    CANCEL_PATH,
+    TASK_PATH,
+    VIEW_PATH,
+    WIDGET_PATH,
+    Authorize,
+    Endpoints,
+)
 
 __all__ = ["router"]
 
@@ -51,6 +58,9 @@ def router(
                       summary="A task's progress payload (or ?format=celery-progress)")
     api.add_api_route(VIEW_PATH, endpoints.view, methods=["GET"], response_class=Response,
                       name="otel_progress_view", summary="The task shown with the widget")
+    api.add_api_route(CANCEL_PATH, endpoints.cancel, methods=["POST", "OPTIONS"],
+                      response_class=Response, name="otel_progress_cancel",
+                      summary="Ask the running task to stop at its next section", status_code=202)
     api.add_api_route(WIDGET_PATH, endpoints.widget, methods=["GET"], response_class=Response,
                       name="otel_progress_widget", summary="otel-progress.js",
                       include_in_schema=False)

@@ -74,11 +74,11 @@ def stepwise(self: Any, steps: int = 200, pause: float = 0.05) -> str:
 @shared_task(bind=True, name="live_app.polling")
 def polling(self: Any, gate: str) -> str:
     """One long section that asks ``updater.cancelled`` between items (no exception) and
-    reports how it stopped; waits on ``gate`` before it starts."""
+    reports how it stopped; waits on ``gate`` inside the section before the loop."""
     updater = TaskUpdater()
-    wait_gate(gate)
     stopped_at = -1
     with updater(task_name="items"):
+        wait_gate(gate)
         for i in range(2000):
             if updater.cancelled:
                 stopped_at = i

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from otel_progress.web.django import task, view, widget
+from otel_progress.web.django import cancel, task, view, widget
 
 app_name = "otel_progress"
 
 urlpatterns = [
     path("tasks/<str:task_id>", task, name="task"),
     path("tasks/<str:task_id>/view", view, name="view"),
+    path("tasks/<str:task_id>/cancel", cancel, name="cancel"),
     path("static/otel-progress.js", widget, name="widget"),
 ]
