@@ -268,3 +268,104 @@ def test_clicking_cancel_stops_the_task_and_the_page_shows_revoked(
     steps = sorted(int(s.name.split()[1]) for s in spans if s.name.startswith("step "))
     assert steps == list(range(payload["jobs"]["finished"]))
     assert 2 <= len(steps) < 400
+
+
+# --- the framework adapters ------------------------------------------------------------------
+def _held(app: Any, gates: Gates) -> tuple[str, str]:
+    """A running task waiting on a gate inside its sections: (task id, gate)."""
+    gate = gates.new()
+    task_id = str(app.nested.delay(gate).id)
+    wait_for(lambda: (get_progress(task_id, app=app.app) or {}).get("state") == "running",
+             timeout=30, what="running")
+    return task_id, gate
+
+
+def test_fastapi_and_flask_adapters_serve_the_cancel_route(
+        app: Any, worker: CeleryWorker, gates: Gates) -> None:
+    """FastAPI and Flask: 400 without JSON or header, 202 with them (stored), 403 when denied."""
+    import flask
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from otel_progress import _backend
+    from otel_progress.web.fastapi import router
+    from otel_progress.web.flask import blueprint
+
+    fast = FastAPI()
+    fast.include_router(router(app.app, allow_anonymous=True), prefix="/anon")
+    fast.include_router(router(app.app), prefix="/deny")
+    flask_app = flask.Flask("cancel_test")
+    flask_app.register_blueprint(blueprint(app.app, allow_anonymous=True, name="anon"),
+                                 url_prefix="/anon")
+    flask_app.register_blueprint(blueprint(app.app, name="deny"), url_prefix="/deny")
+    answers = []
+    with TestClient(fast) as fast_client:
+        for client in (fast_client, flask_app.test_client()):
+            task_id, gate = _held(app, gates)
+            url = f"/anon/tasks/{task_id}/cancel"
+            plain = client.post(url, data={"x": "1"}).status_code
+            stored_early = _backend.cancel_requested(app.app.backend, task_id)
+            denied = client.post(f"/deny/tasks/{task_id}/cancel", json={}).status_code
+            accepted = client.post(url, json={}).status_code
+            answers.append((plain, stored_early, denied, accepted,
+                            _backend.cancel_requested(app.app.backend, task_id)))
+            gates.open(gate)
+    assert [(400, False, 403, 202, True)] * 2 == answers
+
+
+DJANGO_SCRIPT = """
+    import json, os
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False, ALLOWED_HOSTS=["testserver"], ROOT_URLCONF=__name__, SECRET_KEY="test",
+        MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware"], INSTALLED_APPS=[],
+        OTEL_PROGRESS_CELERY_APP="tests.apps.live_app.app", OTEL_PROGRESS_ALLOW_ANONYMOUS=True,
+    )
+    django.setup()
+    from django.urls import include, path
+    urlpatterns = [path("progress/", include("otel_progress.web.django.urls"))]
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)  # Django's CSRF check is on
+    url = "/progress/tasks/" + os.environ["TASK_ID"] + "/cancel"
+    out = {
+        "form": client.post(url, {"x": "1"}).status_code,
+        "json": client.post(url, "{}", content_type="application/json").status_code,
+        "header": client.post(url, headers={"X-OTel-Progress": "cancel"}).status_code,
+        "get": client.get(url).status_code,
+    }
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def test_django_cancel_view_is_csrf_safe_by_its_own_design(
+        app: Any, worker: CeleryWorker, gates: Gates, redis_server: RedisServer,
+        tmp_path: Any) -> None:
+    """Django (CSRF middleware on): a form post is 400, JSON or the header 202, GET 405."""
+    from tests.support import run_python
+
+    task_id, gate = _held(app, gates)
+    result = run_python(DJANGO_SCRIPT, tmp_path, env={
+        "TASK_ID": task_id, "OTEL_PROGRESS_TEST_REDIS_URL": redis_server.url})
+    gates.open(gate)
+    assert 0 == result.returncode, result.describe()
+    assert {"form": 400, "json": 202, "header": 202, "get": 405} == result.result
+
+
+def test_the_cancel_button_is_opt_in(app: Any, worker: CeleryWorker, gates: Gates,
+                                     browser: Any) -> None:
+    """Without cancellable the view page of a running task shows no cancel button."""
+    task_id, gate = _held(app, gates)
+    with UvicornServer(create_app(app.app, allow_anonymous=True)) as running:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(f"{running.url}/tasks/{task_id}/view")
+            page.wait_for_selector(".otp[data-state=running]", state="attached", timeout=20_000)
+            hidden = page.locator(".otp-cancel").is_hidden()
+        finally:
+            context.close()
+    gates.open(gate)
+    assert hidden is True
