@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from celery.result import AsyncResult
 
 from otel_progress import _attributes as A
+from otel_progress._payload import schema
 from otel_progress.celery import get_progress, request_cancel
 from otel_progress.web import create_app
 from tests.support.celery_worker import CeleryWorker
@@ -114,6 +116,7 @@ def test_request_cancel_stops_the_task_at_its_next_section(
     seen_after = time.monotonic() - asked
     assert ("revoked", 0, "TaskCancelled") == (
         payload["state"], payload["status"], payload["exc_type"])
+    jsonschema.validate(payload, schema())
     done = payload["jobs"]["finished"]
     # within one flusher interval (and the staleness of what we read) plus one section
     assert before["jobs"]["finished"] <= done <= before["jobs"]["finished"] + 10, seen_after
@@ -157,6 +160,7 @@ def test_raise_if_cancelled_raises_task_cancelled_and_celery_stores_revoked(
              what="REVOKED")
     payload = _final(app, result.id)
     assert ("revoked", "revoked") == (payload["state"], payload["sections"][0]["state"])
+    jsonschema.validate(payload, schema())
 
 
 def test_a_task_that_catches_task_cancelled_still_reads_revoked(
