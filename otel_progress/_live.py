@@ -57,6 +57,7 @@ enabled = False
 interval = DEFAULT_INTERVAL
 _emitter: Emitter | None = None
 _wake: Callable[[], None] | None = None
+_listeners: list[Callable[[bool], None]] = []
 _lock = threading.Lock()
 _runs: weakref.WeakSet[Run] = weakref.WeakSet()
 """Live runs the flusher looks at (weak: a dropped, unfinished run is ended elsewhere)."""
@@ -99,6 +100,8 @@ def set_live(live: bool, seconds: float) -> None:
     global enabled, interval
     interval = float(seconds)
     enabled = bool(live)
+    for listener in _listeners:
+        listener(enabled)
     if not enabled:
         with _lock:
             _runs.clear()
@@ -108,6 +111,13 @@ def install_emitter(emitter: Emitter | None) -> None:
     """The export room's way of making a placeholder (see the module docstring)."""
     global _emitter
     _emitter = emitter
+
+
+def on_change(listener: Callable[[bool], None]) -> None:
+    """Call ``listener(enabled)`` now and whenever live is turned on or off (``_spans`` keeps
+    a module global of it: one global read per section start, not a module attribute)."""
+    _listeners.append(listener)
+    listener(enabled)
 
 
 def install_waker(wake: Callable[[], None] | None) -> None:

@@ -103,10 +103,10 @@ class Section:
     # in strict mode) without a guard object and two calls per block on every section.
     def _enter(self) -> None:
         updater = self._updater
-        if updater._run.cancel_requested:  # set by the flusher: one attribute read here
-            _cancel(updater._run, f"before section {self._name!r}")
+        run = updater._run
+        if run.cancel_requested:  # set by the flusher: the hot path's one attribute read
+            _cancel(run, f"before section {self._name!r}")
         try:
-            run = updater._run
             current = updater._current
             parent = current.get()
             # top level, or a stale context (a thread copied it after the section's exit)

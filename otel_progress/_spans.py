@@ -32,6 +32,18 @@ _parent: tuple[object, otel_context.Context | None] = (None, None)
 immutable): consecutive sections of one run reuse it instead of building one per section."""
 
 
+_LIVE = False
+"""``_live.enabled``, kept here by :func:`_live_changed` (a section start reads one global)."""
+
+
+def _live_changed(enabled: bool) -> None:
+    global _LIVE
+    _LIVE = enabled
+
+
+_live.on_change(_live_changed)
+
+
 def use_tracer_provider(provider: TracerProvider | None) -> None:
     """Section and run spans from ``provider`` (``instrument(tracer_provider=)``); None: global."""
     global _tracer
@@ -83,7 +95,7 @@ def start_run(run: Run, span_name: str, *, in_celery: bool) -> None:
     run.node.span = span
     run.trace_id, run.span_id = _ids(span)
     _metrics.track_running(run)
-    if _live.enabled:
+    if _LIVE:
         _live.run_started(run)
 
 
@@ -155,7 +167,7 @@ def start_section(run: Run, node: Node) -> object:
         A.TASK_NAME: run.task_name,
     })
     node.span = span
-    if _live.enabled:
+    if _LIVE:
         _live.section_started(run, node)
     if not span.is_recording() and not span.get_span_context().is_valid \
             and not trace.get_current_span().get_span_context().is_valid:
