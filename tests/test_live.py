@@ -129,7 +129,8 @@ def test_placeholder_ids_never_collide_with_real_spans(live: None, spans: SpanCa
             pass
     updater.insert_final_update()
     ids = [s.context.span_id for s in spans.finished()]
-    assert 201 + 201 == len(ids)
+    assert 201 == len(spans.real())
+    assert len(spans.placeholders()) >= 201  # a start each, and progress ones on a slow machine
     assert len(ids) == len(set(ids))
 
 
