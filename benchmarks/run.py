@@ -348,6 +348,8 @@ def scenario_micro(kind: str, rounds: int) -> dict[str, Any]:
     ``sdk``: an SDK TracerProvider with no processor (recording, not export). ``api``: no SDK
     provider (the API's no-op spans). ``configure`` / ``configure-nometrics``: configure()'s
     providers exporting to a loopback receiver in this process, metrics on / off.
+    ``configure-live``: metrics off, ``live=True`` (each section also sends its start
+    placeholder; the flusher's progress placeholders come once per 10 s, off the hot path).
     """
     from opentelemetry import trace
 
@@ -361,7 +363,8 @@ def scenario_micro(kind: str, rounds: int) -> dict[str, Any]:
 
         receiver = _counting_receiver()
         otel_progress.configure(service_name="bench", endpoint=receiver.endpoint, insecure=True,
-                                timeout=5, metrics=kind == "configure")
+                                timeout=5, metrics=kind == "configure",
+                                live=kind == "configure-live")
     tracer = trace.get_tracer("bench")
     cases, _keep = _loop_cases(tracer, n_loop=200_000, n_obs=50_000, n_event=4_000,
                                n_section=2_000)
@@ -1388,7 +1391,8 @@ def micro_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                             "(API only)", "no-op `start_as_current_span`",
                             ratios(v["run_state"], v["raw_span"]),
                             note="included in the section above; outside this change's rooms"))
-    for kind, label in (("configure", "metrics on"), ("configure-nometrics", "metrics off")):
+    for kind, label in (("configure", "metrics on"), ("configure-nometrics", "metrics off"),
+                        ("configure-live", "metrics off, live=True")):
         res = results.get(kind)
         if not res:
             continue
@@ -1405,6 +1409,15 @@ def micro_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                             "the same raw span, same providers",
                             ratios(v["section_total"], v["raw_span"]),
                             note=_abs(v["section_total"], v["raw_span"])))
+    live, plain = results.get("configure-live"), results.get("configure-nometrics")
+    if live and plain:  # separate processes: compare each to its own raw span, then subtract
+        extra = [(lv - lr) - (pv - pr) for lv, lr, pv, pr in zip(
+            live["values"]["section"], live["values"]["raw_span"],
+            plain["values"]["section"], plain["values"]["raw_span"], strict=False)]
+        rows.append(row("3", "live_section_us", "what `live=True` adds to a section (its start "
+                        "placeholder, exported)", "absolute (minus a section without live)",
+                        [e * 1e6 for e in extra], unit=" µs",
+                        note="opt-in; progress placeholders come from the flusher"))
     return rows
 
 
@@ -1766,7 +1779,7 @@ def main() -> None:
         log_dir = Path(tmp)
         if wanted("micro"):
             micro = {}
-            for kind in ("sdk", "api", "configure", "configure-nometrics"):
+            for kind in ("sdk", "api", "configure", "configure-nometrics", "configure-live"):
                 print(f"micro: {kind} ...", flush=True)
                 micro[kind] = child("micro", {"kind": kind, "rounds": ns.rounds})
             raw["micro"] = micro

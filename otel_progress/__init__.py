@@ -6,6 +6,7 @@ from otel_progress._observer import Observer
 from otel_progress._payload import JobsPayload, ProgressPayload, SectionPayload
 from otel_progress._publish import set_min_interval
 from otel_progress._redact import default_redact
+from otel_progress._run import TaskCancelled
 from otel_progress._sections import Section, TaskUpdater
 from otel_progress._threads import ProgressExecutor, propagate
 from otel_progress._track import track
@@ -18,6 +19,7 @@ __all__ = [
     "ProgressPayload",
     "Section",
     "SectionPayload",
+    "TaskCancelled",
     "TaskUpdater",
     "__version__",
     "configure",

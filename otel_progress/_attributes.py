@@ -40,6 +40,16 @@ the exception's qualified type name. Not an error."""
 POST_MORTEM: Final = "otel_progress.post_mortem"
 """bool, True on a span the main worker process ended for a process that died with it open
 (SIGKILL, hard time limit, OOM, revoke): its end time is the moment of death, status ERROR."""
+PLACEHOLDER: Final = "otel_progress.placeholder"
+"""bool, always true: a live placeholder (``configure(live=True)``), a zero-duration span that
+shows a run or section in the trace backend while it is still running. Never on a real span.
+Hide placeholders with TraceQL ``{ span.otel_progress.placeholder != true }``."""
+REAL_SPAN_ID: Final = "otel_progress.span_id"
+"""str, 16 lower-case hex digits: on a placeholder, the span id of the real run or section span
+it stands for (the placeholder has its own, new span id)."""
+CANCEL_REQUESTED: Final = "otel_progress.cancelled"
+"""bool, true on the run span and the section that ``TaskCancelled`` left when a cancel
+requested from the page or ``request_cancel()`` stopped the task (state ``revoked``)."""
 ERROR_TYPE: Final = "error.type"
 """str, OTel semantic convention: qualified type name of the exception that failed the span."""
 
@@ -59,6 +69,10 @@ METRIC_PROGRESS_AGE: Final = "otel_progress.progress.age"
 """Gauge, s: for each task name, the largest time since a running run last reported progress
 (0 when none runs). A stuck span never ends, so this is what "stopped reporting" alerts use.
 Prometheus: ``otel_progress_progress_age_seconds``. Label: task_name."""
+METRIC_RUNS_RUNNING: Final = "otel_progress.runs.running"
+"""Gauge, {run}: for each task name, the runs in this process that are running now (tracked
+by a TaskUpdater/Observer and not finished). Prometheus: ``otel_progress_runs_running``.
+Label: task_name. A running task has no ended span, so span metrics cannot count it."""
 METRIC_SPANS_DROPPED: Final = "otel_progress.spans.dropped"
 """Counter, {span}: spans lost before reaching the collector; ``error.type`` is ``queue_full``,
 ``export_failed`` or ``shutdown`` (given up at the shutdown bound)."""

@@ -58,6 +58,12 @@ READ_TIMEOUT: Final = 3.0
 QUEUED_PAUSE: Final = 30.0
 """After a failed queued write, publishing skips further ones for this long (no 2 s per
 ``delay()`` against a dead backend)."""
+CANCEL_PREFIX: Final = "otel-progress-cancel-"
+"""Key of a task's cancel request (``request_cancel``), read by the flusher of the running task."""
+CANCEL_EXPIRES: Final = 86400
+"""Seconds a cancel request is kept when the backend has no ``result_expires`` of its own."""
+REVOKE_TIMEOUT: Final = 2.0
+"""Seconds the task end waits at most for Celery's REVOKED state after a cancel."""
 CHILDREN_BATCH: Final = 100
 """Children read per round trip when aggregating a parent's children."""
 MAX_CHILDREN: Final = 10_000
@@ -438,6 +444,11 @@ class TaskTarget:
             _write_children(backend, self.task_id, children)
         return written
 
+    def cancel_requested(self) -> bool:
+        """Whether a cancel request is stored for this task (the flusher asks, once per write
+        interval, never the hot path). False where the backend has no keys (rpc://, database)."""
+        return cancel_requested(self.task.backend, self.task_id)
+
     def final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
         """The last write: our key (unless a later attempt of the task wrote it, on Redis);
         PROGRESS meta where the backend has no keys; then the run's history row."""
@@ -462,6 +473,51 @@ class TaskTarget:
             backend.store_result(self.task_id, payload, "PROGRESS", request=self.request)
         if children:
             _write_children(backend, self.task_id, children)
+
+
+def cancel_requested(backend: Any, task_id: str) -> bool:
+    """Whether ``backend`` holds a cancel request for ``task_id`` (2 s socket timeout on Redis)."""
+    client = _redis(backend)
+    if client is not None:
+        return bool(client.client.exists(CANCEL_PREFIX + task_id))
+    if isinstance(backend, BaseKeyValueStoreBackend):
+        return backend.get(_kv(backend, CANCEL_PREFIX + task_id)) is not None
+    return False
+
+
+def request_cancel(app: Any, task_id: str, timeout: float = READ_TIMEOUT) -> bool:
+    """Store a cancel request for ``task_id``; False when the backend cannot hold one (rpc://,
+    database). Raises :class:`BackendUnavailable` when the backend does not answer in time."""
+    backend = app.backend
+    key = CANCEL_PREFIX + task_id
+    expires = _expires(backend) or CANCEL_EXPIRES
+    client = _redis(backend)
+    if client is not None:
+        try:
+            client.client.set(key, b"1", ex=expires)
+        except Exception as exc:
+            raise BackendUnavailable(safe_str(exc, 200)) from exc
+        return True
+    if not isinstance(backend, BaseKeyValueStoreBackend):
+        return False
+    try:
+        bounded(lambda: backend.set(_kv(backend, key), b"1"), timeout)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:
+        raise BackendUnavailable(safe_str(exc, 200)) from exc
+    return True
+
+
+def mark_revoked(task: Any, task_id: str, reason: str, timeout: float = REVOKE_TIMEOUT) -> None:
+    """Celery's REVOKED state for a task a cancel stopped, waited for at most ``timeout``
+    (Celery's own write retries for a minute against a Redis that does not answer)."""
+    try:
+        request = task.request
+        bounded(lambda: task.backend.mark_as_revoked(task_id, reason, request=request), timeout)
+    except Exception as exc:
+        log_once("mark-revoked", "otel_progress: cannot store REVOKED for cancelled task %s "
+                 "(%s); the payload still reads revoked", task_id, safe_str(exc, 200))
 
 
 def _load_scripts(client: _Redis) -> None:

@@ -32,7 +32,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from otel_progress import _backend, _lifecycle, _publish, _spans
 from otel_progress._publish import DuckTarget
-from otel_progress._run import FAILED, RETRYING, REVOKED, Outcome, Run
+from otel_progress._run import FAILED, RETRYING, REVOKED, Outcome, Run, TaskCancelled
 from otel_progress._safety import (
     exception_text,
     guard,
@@ -70,6 +70,8 @@ def outcome_of(exc: BaseException | None) -> Outcome:
     """How an exception leaving a section ends it: an error, or control flow that steers."""
     if exc is None:
         return "succeeded"
+    if isinstance(exc, TaskCancelled):
+        return "cancelled"
     if isinstance(exc, CONTROL_FLOW):
         return "interrupted"
     if not isinstance(exc, Exception):
@@ -263,6 +265,11 @@ def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     except BaseException as exc:
         running.discard(task_id)
         task_ended(str(task_id), exc, started=started)
+        if isinstance(exc, TaskCancelled):
+            # A requested cancel is no failure: Celery stores REVOKED (bounded), and Ignore keeps
+            # its tracer from storing a FAILURE over it or reporting an error.
+            _backend.mark_revoked(self, str(task_id), str(exc))
+            raise Ignore(str(exc)) from exc
         raise
     running.discard(task_id)
     task_ended(str(task_id), None, started=started)
@@ -311,7 +318,9 @@ def task_ended(task_id: str, exc: BaseException | None, *, started: float | None
     with guard("celery.task_ended"):
         outcome = _run_outcome(exc)
         section_outcome: Outcome = "succeeded"
-        if outcome in (FAILED, REVOKED):
+        if run.cancelled:  # TaskCancelled was raised, even if the task caught it
+            outcome, section_outcome = REVOKED, "cancelled"
+        elif outcome in (FAILED, REVOKED):
             section_outcome = "failed" if isinstance(exc, Exception) else "aborted"
         killed = dying(exc)
         for node in run.open_nodes():
@@ -322,6 +331,8 @@ def task_ended(task_id: str, exc: BaseException | None, *, started: float | None
                 _spans.end_section(run, node, exc if section_outcome != "succeeded" else None)
         if isinstance(exc, Retry):
             run.retry_at = _retry_at(exc)
+        # History: the final payload written below (state revoked, exc_type TaskCancelled for a
+        # cancel) is the one a history store records at the task end.
         if exc is not None and outcome in (FAILED, REVOKED) and run.latest_exc is not exc:
             # Celery's instrumentation records it on run/<task>: remember it, don't record it.
             run.failed = True

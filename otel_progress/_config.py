@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
-from otel_progress import _lifecycle, _metrics, _pipeline
+from otel_progress import _lifecycle, _live, _metrics, _pipeline
 from otel_progress._attributes import ERROR_TYPE as ATTR_ERROR_TYPE
 from otel_progress._attributes import (
     METRIC_SECTION_DURATION,
@@ -51,7 +51,7 @@ _TYPES: Final[dict[str, tuple[type, ...]]] = {
     "service_name": (str,), "endpoint": (str,), "protocol": (str,), "headers": (str, Mapping),
     "insecure": (bool,), "console": (bool,), "timeout": (int, float), "traces_exporter": (str,),
     "resource_attributes": (Mapping,), "metrics": (bool,), "max_queue_size": (int,),
-    "span_limits": (SpanLimits,),
+    "span_limits": (SpanLimits,), "live": (bool,), "live_interval": (int, float),
 }
 _RULES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "protocol": (_PROTOCOLS.__contains__, "must be grpc or http/protobuf (not http/json)"),
@@ -59,7 +59,10 @@ _RULES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
                         "must name otlp, console or none"),
     "timeout": (lambda v: math.isfinite(v) and v > 0, "must be a positive number of seconds"),
     "max_queue_size": (lambda v: v > 0, "must be positive"),
+    "live_interval": (lambda v: math.isfinite(v) and v > 0, "must be a positive number of seconds"),
 }
+_NOT_EXPORT: Final = frozenset({"metrics", "live", "live_interval"})
+"""Arguments that mean something when the application owns the provider too."""
 _LOCK = threading.RLock()
 # What configure() set globally: it outlives reset() as the globals do.
 _SWITCH: Final = _pipeline.Switch()
@@ -112,6 +115,10 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
     s["protocols"] = [s.get("protocol") or _protocol(signal) for signal in ("TRACES", "METRICS")]
     s["resource"] = {**s.get("resource_attributes", {}),
                      **({SERVICE_NAME: s["service_name"]} if "service_name" in s else {})}
+    live, interval = _live.from_environment() if not {"live", "live_interval"} <= set(s) \
+        else (False, _live.DEFAULT_INTERVAL)
+    s.setdefault("live", live)
+    s.setdefault("live_interval", float(interval))
     s["environ"] = sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))
     return s
 
@@ -165,14 +172,16 @@ def _build(s: dict[str, Any]) -> _pipeline.Exporters:
         _pipeline.Redacting(ConsoleSpanExporter()) if "console" in names else None,
         _exporter(s, "metrics") if wanted and meter != "application" else None, queue,
         None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ or queue >= 512 else queue, s,
+        _live.LIVE_BATCH_DELAY_MS if s["live"] and "OTEL_BSP_SCHEDULE_DELAY" not in os.environ
+        else None,
     )
 
 
-def _apply(s: dict[str, Any]) -> None:
+def _apply(s: dict[str, Any], given: set[str]) -> None:
     """Set the providers nobody set (once per process), then swap in new exporters."""
     global _provider, _meter_provider
     tracer, meter = _owners()
-    if tracer == "application" and set(s) & set(_TYPES) - {"metrics"}:
+    if tracer == "application" and set(given) & set(_TYPES) - _NOT_EXPORT:
         logger.warning("otel_progress.configure(): the application already set a "
                        "TracerProvider; otel_progress uses it as is and adds no exporter")
     if _SWITCH.current is not None and _SWITCH.current.settings == s:
@@ -230,6 +239,8 @@ def configure(
     max_queue_size: int | None = None,
     span_limits: SpanLimits | None = None,
     redact: Callable[[str], str] | bool | None = None,
+    live: bool | None = None,
+    live_interval: float | None = None,
 ) -> None:
     """Send otel_progress's spans and metrics to an OTLP collector (or the console).
 
@@ -244,17 +255,24 @@ def configure(
     a callable ``(str) -> str`` replaces the default pattern set (``otel_progress.
     default_redact``; compose them to keep it), ``False`` turns redaction off, ``True``
     restores the default. Set it before the worker forks (at the app's import), like the rest.
+
+    ``live=True`` (``OTEL_PROGRESS_LIVE=true``) sends zero-duration placeholder spans for running
+    runs and sections, one at the start and one per ``live_interval`` seconds
+    (``OTEL_PROGRESS_LIVE_INTERVAL``, default 10) with the percent, so a long task shows in Jaeger
+    or Tempo while it runs; the batch delay then defaults to 1 s.
     """
-    given = dict(locals())  # exactly the keyword arguments, by name
-    redactor = given.pop("redact")
+    args = dict(locals())  # exactly the keyword arguments, by name
+    redactor = args.pop("redact")
     if redactor is not None and not (isinstance(redactor, bool) or callable(redactor)):
         raise TypeError(f"configure(redact={redactor!r}): must be a callable (str) -> str or "
                         "a bool")
-    s = _resolve(given)
+    given = {name for name, value in args.items() if value is not None}
+    s = _resolve(args)
     if redactor is not None:
         set_redactor(redactor)
     with _LOCK:
-        _apply(s)
+        _apply(s, given)
+        _live.set_live(s["live"], s["live_interval"])
         _lifecycle.set_shutdown_bound(s.get("timeout", _lifecycle.DEFAULT_SHUTDOWN_BOUND_S))
     _lifecycle.connect_celery("configure")
 
@@ -299,6 +317,7 @@ def reset() -> None:
     _lifecycle.set_shutdown_bound(_lifecycle.DEFAULT_SHUTDOWN_BOUND_S)
     _lifecycle.disconnect_celery("configure")
     set_redactor(True)
+    _live.reset()
 
 
 def dropped_spans() -> int:

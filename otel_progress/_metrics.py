@@ -89,6 +89,12 @@ def _get() -> dict[str, Any]:
                     unit="s",
                     description="Largest time since a running run of this task reported progress.",
                 )
+                _instruments["running"] = meter.create_observable_gauge(
+                    A.METRIC_RUNS_RUNNING,
+                    callbacks=[_observe_running],
+                    unit="{run}",
+                    description="Runs of this task running in this process now.",
+                )
     return _instruments
 
 
@@ -167,6 +173,16 @@ def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observat
         name = _capped(A.LABEL_TASK_NAME, run.task_name)
         worst[name] = max(worst.get(name, 0.0), now - run.last_progress)
     return [metrics.Observation(age, {A.LABEL_TASK_NAME: name}) for name, age in worst.items()]
+
+
+def _observe_running(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    counts: dict[str, int] = {}
+    for run in list(_running):
+        if not run.finished:
+            name = _capped(A.LABEL_TASK_NAME, run.task_name)
+            counts[name] = counts.get(name, 0) + 1
+    return [metrics.Observation(count, {A.LABEL_TASK_NAME: name})
+            for name, count in counts.items()]
 
 
 Loss = Literal["queue_full", "export_failed", "shutdown"]

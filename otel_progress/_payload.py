@@ -453,6 +453,8 @@ def from_celery(
         ours["pending"] = state == QUEUED
         return ours
     failed = state in (FAILED, REVOKED)
+    if state == REVOKED and ours.get("finished") and ours.get("state") == REVOKED:
+        return ours  # a cancel we recorded (TaskCancelled): our exception and sections stand
     if not failed and ours.get("finished") and ours.get("state") in FINAL_STATES:
         return ours  # Celery says SUCCESS: our own verdict stands (fail() then return)
     ours["state"] = state

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import math
 import mmap
+import random
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
+from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, _Span
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult as Result
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Status
 
-from otel_progress import _lifecycle
+from otel_progress import _lifecycle, _live
 from otel_progress._metrics import LOSSES
 from otel_progress._redact import redactor
 from otel_progress._safety import guard, in_background, logger, redact, redact_value
@@ -43,6 +45,33 @@ def exports_failing(signal: Signal) -> bool:
     return time.time() - failed_at < GIVE_UP_FOR_S
 
 
+
+def emit_placeholder(real: Any, name: str, attributes: dict[str, Any], at_ns: int) -> str | None:
+    """A zero-duration placeholder of the SDK span ``real`` (``_live``): its trace, its parent
+    (none for a root), a new random span id, made on its own processor, resource, scope and
+    limits so it goes where ``real`` will go. Returns the new id; None if ``real`` is no SDK
+    span. ``random`` is reseeded in forked children, so prefork children draw distinct ids."""
+    if not isinstance(real, Span):
+        return None
+    ctx = real.get_span_context()
+    span_id = random.getrandbits(64)
+    while span_id in (0, ctx.span_id):
+        span_id = random.getrandbits(64)
+    context = trace.SpanContext(ctx.trace_id, span_id, is_remote=False,
+                                trace_flags=ctx.trace_flags, trace_state=ctx.trace_state)
+    # _Span: the SDK's Span refuses direct construction; _Span is what its Tracer makes, and the
+    # Tracer cannot be given a trace id for a root span (the run's placeholder needs one).
+    placeholder = _Span(
+        name, context, parent=real.parent, resource=real.resource, attributes=attributes,
+        kind=trace.SpanKind.INTERNAL, span_processor=real._span_processor,
+        instrumentation_scope=real.instrumentation_scope, limits=real._limits,
+    )
+    placeholder.start(start_time=at_ns)
+    placeholder.end(end_time=at_ns)
+    return trace.format_span_id(span_id)
+
+
+_live.install_emitter(emit_placeholder)
 
 
 def _clean_attributes(attributes: Any) -> dict[str, Any] | None:
@@ -136,14 +165,15 @@ class Exporters(SpanExporter):
 
     def __init__(self, spans: SpanExporter | None, console: SpanExporter | None,
                  metrics: MetricExporter | None, queue: int, batch: int | None,
-                 settings: Any = None) -> None:
+                 settings: Any = None, delay_ms: int | None = None) -> None:
         self._inner, self.metrics, self._queue = spans, metrics, queue
         self.settings = settings  # what configure() built this generation from
         self._lock = threading.Lock()
         self._pending = self._in_flight = 0
         self._closed, self._deadline = False, math.inf
         self.batch = None if spans is None else BatchSpanProcessor(
-            self, max_queue_size=queue, max_export_batch_size=batch)
+            self, max_queue_size=queue, max_export_batch_size=batch,
+            schedule_delay_millis=delay_ms)
         self._console = None if console is None else SimpleSpanProcessor(console)
 
     def on_end(self, span: ReadableSpan) -> None:

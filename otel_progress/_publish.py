@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final, Protocol
 
-from otel_progress import _backend, _metrics, _payload, _spans
+from otel_progress import _backend, _live, _metrics, _payload, _spans
 from otel_progress._payload import ProgressPayload
 from otel_progress._run import Run
 from otel_progress._safety import internal_error, logger, safe_str
@@ -80,6 +80,8 @@ class Publisher:
         self.closed = False
         self.warned = False
         self.write_lock = threading.Lock()
+        self.polls_cancel = callable(getattr(target, "cancel_requested", None))
+        """The target can hold a cancel request (``_backend.TaskTarget``): ask once per pass."""
 
     def due(self, now: float) -> float:
         """Seconds until this publisher may write again (0 = now)."""
@@ -91,6 +93,10 @@ class Publisher:
             if self.closed:
                 return
             run = self.run
+            if self.polls_cancel and not run.cancel_requested \
+                    and self._write(self.target.cancel_requested):  # type: ignore[attr-defined]
+                run.cancel_requested = True  # the task sees it at its next boundary
+                self.urgent = True
             try:
                 _spans.sync(run)
                 # Only our own key keeps the private part (TaskTarget strips it elsewhere).
@@ -177,6 +183,17 @@ class _Flusher:
         with self._cond:
             self._cond.notify()
 
+    def ensure_running(self) -> None:
+        """Start the thread for work without a publisher (live placeholders outside Celery)."""
+        with self._cond:
+            if self._pid != os.getpid():
+                self._reset_locked()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="otel-progress-flusher", daemon=True
+                )
+                self._thread.start()
+
     def publishers(self) -> list[Publisher]:
         with self._cond:
             return list(self._publishers)
@@ -194,6 +211,7 @@ class _Flusher:
     def _loop(self) -> None:
         while True:
             _metrics.drain()  # guarded: the sections finished since the last pass
+            _live.tick()  # guarded; nothing to do unless configure(live=True)
             with self._cond:
                 pubs = list(self._publishers)
                 now = time.monotonic()
@@ -217,6 +235,7 @@ class _Flusher:
 
 
 _flusher = _Flusher()
+_live.install_waker(_flusher.ensure_running)
 _publishers: weakref.WeakKeyDictionary[Run, Publisher] = weakref.WeakKeyDictionary()
 
 

@@ -27,7 +27,8 @@ from otel_progress._safety import (
 
 RunState = Literal["queued", "running", "retrying", "succeeded", "failed", "revoked"]
 """The one state vocabulary (DECISIONS 7): payload ``state``, history index, widget."""
-SectionState = Literal["running", "succeeded", "failed"]
+SectionState = Literal["running", "succeeded", "failed", "revoked"]
+"""``revoked``: a cancel (``TaskCancelled``) left the section; not a failure (issue 14)."""
 
 QUEUED: Final = "queued"
 RUNNING: Final = "running"
@@ -48,10 +49,21 @@ CHILDREN_TAIL: Final = 10
 MAX_CHILD_TASKS: Final = 10_000
 """Child task ids a run remembers (the reader aggregates all of them)."""
 
-Outcome = Literal["succeeded", "failed", "interrupted", "aborted"]
+Outcome = Literal["succeeded", "failed", "interrupted", "aborted", "cancelled"]
 """How a section ended: normally; with an error; by control flow that steers the task (Retry,
 Ignore, Reject: it reads succeeded); or cut short without an error (SystemExit,
-KeyboardInterrupt, a revoke: it reads failed at the percent it had, but is no failed job)."""
+KeyboardInterrupt, a revoke: it reads failed at the percent it had, but is no failed job); or
+left by ``TaskCancelled`` (a cancel requested from the page: it reads revoked, no failed job)."""
+
+
+class TaskCancelled(BaseException):
+    """A cancel was requested for this task (``POST /tasks/<id>/cancel``, ``request_cancel()``).
+
+    Raised at the task's next section boundary, ``notify()`` or ``raise_if_cancelled()`` once the
+    flusher saw the request. A ``BaseException`` (like ``asyncio.CancelledError``), so the
+    ``except Exception`` of a task body does not swallow it and a section never suppresses it;
+    the run, and every section it leaves, read ``revoked``, not ``failed``.
+    """
 
 
 class Node:
@@ -179,6 +191,11 @@ class Run:
         self.trace_id: str | None = None
         self.span_id: str | None = None
         self.owns_span = True
+        self.cancel_requested = False
+        """Set by the flusher when the backend holds a cancel request for the task: the hot
+        path's one attribute read at a section boundary and ``notify()``."""
+        self.cancelled = False
+        """TaskCancelled was raised for this run: it ends ``revoked`` even if the task caught it."""
         self.ends_on_drop = celery_task_id is None
         """Nobody ends this run at a task end: its facade does when it is dropped."""
         self.node = Node(task_name, None)
@@ -219,6 +236,9 @@ class Run:
                 self.remember_exception(exc)
             else:
                 counted_here = True
+        elif outcome == "cancelled":
+            node.state = REVOKED
+            node.interrupted = type_name(exc) if exc is not None else "TaskCancelled"
         elif outcome == "aborted":
             node.state = FAILED
             if exc is not None:
@@ -298,6 +318,8 @@ class Run:
             if self.finished:
                 return False
             self.high_water = self.overall_percent()[0]
+            if self.cancelled and outcome is None:
+                outcome, complete = REVOKED, False  # a cancel it saw: revoked, not done
             self.finished = True
             self.complete = complete and outcome != RETRYING
             self.end = time.time()

@@ -27,6 +27,7 @@ from otel_progress._run import (
     Node,
     Outcome,
     Run,
+    TaskCancelled,
 )
 from otel_progress._safety import (
     MAX_INT,
@@ -106,8 +107,10 @@ class Section:
     # in strict mode) without a guard object and two calls per block on every section.
     def _enter(self) -> None:
         updater = self._updater
+        run = updater._run
+        if run.cancel_requested:  # set by the flusher: the hot path's one attribute read
+            _cancel(run, f"before section {self._name!r}")
         try:
-            run = updater._run
             current = updater._current
             parent = current.get()
             # top level, or a stale context (a thread copied it after the section's exit)
@@ -250,7 +253,11 @@ class TaskUpdater:
         return self._run.latest_exc is not None
 
     def notify(self, message: object, **attributes: object) -> None:
-        """Record a notification: an event on the innermost open section, and a log line."""
+        """Record a notification: an event on the innermost open section, and a log line.
+
+        Raises ``TaskCancelled`` when a cancel was requested for the task."""
+        if self._run.cancel_requested:
+            _cancel(self._run, "at notify()")
         try:
             run = self._run
             text = redact(safe_str(message))
@@ -323,6 +330,23 @@ class TaskUpdater:
         return _payload.build(self._run)
 
     @property
+    def cancelled(self) -> bool:
+        """Whether a cancel was requested for this task (the page's button, ``request_cancel``).
+
+        The flusher reads the request from the result backend (within one write interval);
+        a loop that checks this stops cleanly instead of waiting for ``TaskCancelled``. Once
+        it read True the task has seen the cancel: its run ends ``revoked``."""
+        if self._run.cancel_requested:
+            self._run.cancelled = True  # it saw the cancel: the run ends revoked
+            return True
+        return False
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``TaskCancelled`` if a cancel was requested (as a section boundary does)."""
+        if self._run.cancel_requested:
+            _cancel(self._run, "at raise_if_cancelled()")
+
+    @property
     def trace_id(self) -> str | None:
         """Hex trace id of the run (None without an SDK), for a "View trace" link."""
         return self._run.trace_id
@@ -389,6 +413,12 @@ def _advance_by(node: Node, step: object, owner: object) -> None:
             current = MAX_INT
         total = current + num
         node.current = max(min(total, MAX_INT), -MAX_INT)
+
+
+def _cancel(run: Run, where: str) -> None:
+    """Raise TaskCancelled for ``run`` (it then ends revoked, even if the task catches it)."""
+    run.cancelled = True
+    raise TaskCancelled(f"cancel requested; stopped {where}")
 
 
 def _finish_dropped(run: Run) -> None:

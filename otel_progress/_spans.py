@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
 from otel_progress import _attributes as A
-from otel_progress import _metrics
+from otel_progress import _live, _metrics
 from otel_progress._payload import MAX_OPEN_SPANS, OpenSpan
 from otel_progress._run import FAILED, REVOKED, Node, Run
 from otel_progress._safety import (
@@ -39,6 +39,18 @@ purpose: a run whose facade was dropped unfinished must still end its span)."""
 _parent: tuple[object, otel_context.Context | None] = (None, None)
 """The last run span that top-level sections started under, and its context (contexts are
 immutable): consecutive sections of one run reuse it instead of building one per section."""
+
+
+_LIVE = False
+"""``_live.enabled``, kept here by :func:`_live_changed` (a section start reads one global)."""
+
+
+def _live_changed(enabled: bool) -> None:
+    global _LIVE
+    _LIVE = enabled
+
+
+_live.on_change(_live_changed)
 
 
 def use_tracer_provider(provider: TracerProvider | None) -> None:
@@ -92,6 +104,8 @@ def start_run(run: Run, span_name: str, *, in_celery: bool) -> None:
     run.node.span = span
     run.trace_id, run.span_id = _ids(span)
     _metrics.track_running(run)
+    if _LIVE:
+        _live.run_started(run)
 
 
 @guard("spans.end_run")
@@ -114,7 +128,11 @@ def end_run(run: Run) -> None:
             attrs[A.CURRENT] = current
         if total is not None:
             attrs[A.TOTAL] = total
-        if run.state in (FAILED, REVOKED):
+        if run.cancelled and run.state == REVOKED:
+            attrs[A.CANCEL_REQUESTED] = True  # a requested cancel: revoked, not an error
+            if run.exc_message:
+                span.add_event(run.exc_message, {A.SECTION_STATE: REVOKED})
+        elif run.state in (FAILED, REVOKED):
             error_type = run.error_type or run.exc_type
             if error_type:
                 attrs[A.ERROR_TYPE] = error_type  # an attribute, not a second exception record
@@ -158,6 +176,8 @@ def start_section(run: Run, node: Node) -> object:
         A.TASK_NAME: run.task_name,
     })
     node.span = span
+    if _LIVE:
+        _live.section_started(run, node)
     if not span.is_recording() and not span.get_span_context().is_valid \
             and not trace.get_current_span().get_span_context().is_valid:
         return _NOT_ATTACHED  # no tracing at all (API only): an invalid span made current

@@ -33,7 +33,7 @@ from otel_progress._payload import ProgressPayload
 
 __all__ = [
     "FINAL_TIMEOUT", "BackendUnavailable", "ProgressInstrumentor", "get_progress", "install",
-    "uninstall",
+    "request_cancel", "uninstall",
 ]
 
 
@@ -109,3 +109,24 @@ def get_progress(
 
         app = current_app
     return _backend.read(app, str(task_id), children=children)
+
+
+def request_cancel(task_id: str, app: Celery | None = None) -> bool:
+    """Ask a running task to stop cooperatively; True when the request was stored.
+
+    The request lives in the result backend (a key of its own, with the results' expiry). The
+    task's flusher reads it within one write interval (``min_interval``, 0.5 s by default), and
+    the task raises :class:`otel_progress.TaskCancelled` at its next section boundary,
+    ``notify()`` or ``raise_if_cancelled()`` (``updater.cancelled`` tells a loop that checks).
+    The run then reads ``revoked`` (not failed) on spans and payload, and Celery stores REVOKED.
+    A task that never checks runs on (``app.control.revoke(task_id, terminate=True)`` still
+    stops it). False on backends that hold no keys (rpc://, database); raises
+    :class:`BackendUnavailable` when the backend does not answer in time::
+
+        request_cancel(result.id, app=app)
+    """
+    if app is None:
+        from celery import current_app
+
+        app = current_app
+    return _backend.request_cancel(app, str(task_id))

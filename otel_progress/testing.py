@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_progress import _safety
-from otel_progress._attributes import PERCENT
+from otel_progress._attributes import PERCENT, PLACEHOLDER
 
 __all__ = ["SpanCapture", "capture_spans", "render_tree", "strict"]
 
@@ -87,30 +87,42 @@ class SpanCapture:
         """Finished spans in the order they ended."""
         return list(self.exporter.get_finished_spans())
 
+    def real(self) -> list[ReadableSpan]:
+        """Finished spans without the live placeholders (``configure(live=True)``)."""
+        return [s for s in self.finished() if not _is_placeholder(s)]
+
+    def placeholders(self) -> list[ReadableSpan]:
+        """Only the live placeholders, in the order they were sent."""
+        return [s for s in self.finished() if _is_placeholder(s)]
+
     def names(self) -> list[str]:
-        """Names of the finished spans, in end order."""
-        return [s.name for s in self.finished()]
+        """Names of the finished spans (placeholders left out), in end order."""
+        return [s.name for s in self.real()]
 
     def by_name(self, name: str) -> ReadableSpan:
-        """The one finished span named ``name`` (AssertionError if none or several)."""
-        found = [s for s in self.finished() if s.name == name]
+        """The one finished real span named ``name`` (AssertionError if none or several)."""
+        found = [s for s in self.real() if s.name == name]
         if len(found) != 1:
             raise AssertionError(f"expected one span named {name!r}, found {len(found)}")
         return found[0]
 
     def children_of(self, parent: ReadableSpan) -> list[ReadableSpan]:
-        """Finished spans whose parent is ``parent``, in start order."""
+        """Finished real spans whose parent is ``parent``, in start order."""
         pid = parent.context.span_id if parent.context else None
-        kids = [s for s in self.finished() if s.parent is not None and s.parent.span_id == pid]
+        kids = [s for s in self.real() if s.parent is not None and s.parent.span_id == pid]
         return sorted(kids, key=lambda s: s.start_time or 0)
 
     def tree(self) -> str:
-        """The finished spans as an indented tree (see :func:`render_tree`)."""
-        return render_tree(self.finished())
+        """The finished real spans as an indented tree (see :func:`render_tree`)."""
+        return render_tree(self.real())
 
     def clear(self) -> None:
         """Forget the spans captured so far."""
         self.exporter.clear()
+
+
+def _is_placeholder(span: ReadableSpan) -> bool:
+    return bool((span.attributes or {}).get(PLACEHOLDER))
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ cross-checked, and the alert rules go through ``promtool`` (Debian package ``pro
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -343,11 +344,35 @@ def test_otlp_receiver_listens_on_standard_ports(name: str) -> None:
 
 def test_gateway_traces_pipeline_limits_batches_and_fans_out() -> None:
     """Traces: otlp -> memory_limiter (first) -> batch (last) -> Jaeger, Tempo and spanmetrics."""
-    traces = pipelines(collector_config("gateway.yaml"))["traces"]
-    assert traces["receivers"] == ["otlp"]
-    assert traces["processors"][0] == "memory_limiter"
-    assert traces["processors"][-1] == "batch"
-    assert set(traces["exporters"]) == {"otlp/jaeger", "otlp/tempo", "spanmetrics"}
+    traces = pipelines(collector_config("gateway.yaml"))
+    exporters: set[str] = set()
+    for pipeline_id, pipeline in traces.items():
+        if signal_of(pipeline_id) == "traces":
+            assert ["otlp"] == pipeline["receivers"]
+            assert "memory_limiter" == pipeline["processors"][0]
+            assert "batch" == pipeline["processors"][-1]
+            exporters |= set(pipeline["exporters"])
+    assert {"otlp/jaeger", "otlp/tempo", "spanmetrics"} == exporters
+
+
+def test_gateway_filters_live_placeholders_before_the_span_metrics() -> None:
+    """The traces pipeline feeding spanmetrics drops otel_progress.placeholder spans first."""
+    config = collector_config("gateway.yaml")
+    feeding = [v for p, v in pipelines(config).items() if "spanmetrics" in v["exporters"]]
+    assert 1 == len(feeding)
+    filters = [f for f in feeding[0]["processors"] if component_type(f) == "filter"]
+    assert 1 == len(filters)
+    conditions = config["processors"][filters[0]]["traces"]["span"]
+    assert [f'attributes["{attrs.PLACEHOLDER}"] == true'] == conditions
+    assert feeding[0]["processors"].index(filters[0]) < feeding[0]["processors"].index("batch")
+
+
+def test_gateway_sends_placeholders_to_jaeger_and_tempo() -> None:
+    """The pipelines that export to Jaeger and Tempo filter nothing (placeholders show live)."""
+    config = collector_config("gateway.yaml")
+    for pipeline in pipelines(config).values():
+        if {"otlp/jaeger", "otlp/tempo"} & set(pipeline["exporters"]):
+            assert [] == [f for f in pipeline["processors"] if component_type(f) == "filter"]
 
 
 def test_gateway_exports_sdk_and_span_metrics_to_prometheus() -> None:
@@ -692,3 +717,201 @@ def test_readme_gives_a_command_for_each_config() -> None:
     assert "promtool test rules   collector-config/alerts.test.yaml" in readme
     for service in compose_services().values():
         assert service["image"] in readme, service["image"]
+
+
+# --- the Grafana dashboard -----------------------------------------------------------------------
+
+DASHBOARD_FILE = CONFIG_DIR / "grafana" / "dashboards" / "otel-progress.json"
+DASHBOARD_PROVIDERS_FILE = CONFIG_DIR / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+PROMQL_WORDS = frozenset({
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
+    "unless", "le", "inf", "nan",
+})
+
+
+def produced_metric_names() -> set[str]:
+    """Every Prometheus series name the gateway's span metrics and the SDK's metrics produce."""
+    namespace = collector_config("gateway.yaml")["connectors"]["spanmetrics"]["namespace"]
+    duration = prometheus_name(f"{namespace}.duration", "seconds")
+    section_duration = prometheus_name(attrs.METRIC_SECTION_DURATION, "seconds")
+    return {
+        prometheus_name(f"{namespace}.calls", counter=True),
+        *(f"{histogram}_{part}" for histogram in (duration, section_duration)
+          for part in ("bucket", "sum", "count")),
+        prometheus_name(attrs.METRIC_SECTIONS, counter=True),
+        prometheus_name(attrs.METRIC_PROGRESS_AGE, "seconds"),
+        prometheus_name(attrs.METRIC_SPANS_DROPPED, counter=True),
+        prometheus_name(attrs.METRIC_RUNS_RUNNING),
+    }
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression selects (labels, functions and keywords left out)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings (label values, regexes)
+    text = re.sub(r"\{[^{}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\[\]]*\]", "", text)  # range selectors
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", "", text)
+    text = re.sub(r"\$\{?\w+\}?", "", text)  # Grafana variables ($__rate_interval, ...)
+    label_values = re.findall(r"\blabel_values\(\s*(\w+)", text)
+    text = re.sub(r"\blabel_values\([^()]*\)", "", text)
+    names = {
+        name for name in re.findall(r"(?<![\w.])([a-zA-Z_:][\w:]*)(?![\w:])(?!\s*\()", text)
+        if name.lower() not in PROMQL_WORDS and not re.fullmatch(r"\d+", name)
+    }
+    return names | set(label_values)
+
+
+def dashboard() -> dict[str, Any]:
+    value = json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
+    assert isinstance(value, dict)
+    return value
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    panels = []
+    for panel in dashboard()["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def dashboard_queries() -> list[tuple[str, dict[str, Any], str]]:
+    """(panel or variable title, datasource reference, query text) of every query."""
+    found = []
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            query = target.get("expr", target.get("query"))
+            found.append((panel["title"], target.get("datasource") or panel["datasource"], query))
+    for variable in dashboard()["templating"]["list"]:
+        query = variable["query"]
+        found.append((variable["name"], variable["datasource"],
+                      query["query"] if isinstance(query, dict) else query))
+    return found
+
+
+def provisioned_datasource_uids() -> dict[str, str]:
+    return {d["uid"]: d["type"] for d in load_yaml(DATASOURCES_FILE)["datasources"]}
+
+
+def test_dashboard_json_parses_with_an_uid_and_panels() -> None:
+    """otel-progress.json parses into a dashboard with a fixed uid, a title and panels."""
+    board = dashboard()
+    assert "otel-progress" == board["uid"]
+    assert board["title"] and board["panels"]
+    ids = [panel["id"] for panel in dashboard_panels()]
+    assert sorted(set(ids)) == sorted(ids)
+
+
+def test_dashboard_is_provisioned_in_the_compose_stack() -> None:
+    """Grafana's dashboard provider reads the folder compose mounts the dashboard JSON into."""
+    providers = load_yaml(DASHBOARD_PROVIDERS_FILE)["providers"]
+    assert ["file"] == [provider["type"] for provider in providers]
+    mounts = bind_mounts(compose_services()["grafana"])
+    path = providers[0]["options"]["path"]
+    assert "./grafana/dashboards" == mounts[path]
+    assert (CONFIG_DIR / mounts[path] / DASHBOARD_FILE.name).is_file()
+    assert "./grafana/provisioning" == mounts["/etc/grafana/provisioning"]
+    assert DASHBOARD_PROVIDERS_FILE.is_relative_to(CONFIG_DIR / "grafana" / "provisioning")
+
+
+def test_dashboard_datasources_are_provisioned_uids() -> None:
+    """Every panel, query and variable names its datasource by a uid the provisioning defines."""
+    uids = provisioned_datasource_uids()
+    refs = [panel["datasource"] for panel in dashboard_panels() if "datasource" in panel]
+    refs += [ref for _, ref, _ in dashboard_queries()]
+    assert refs
+    for ref in refs:
+        assert isinstance(ref, dict), f"datasource {ref!r} is not referenced by uid"
+        assert ref["uid"] in uids, ref
+        assert uids[ref["uid"]] == ref["type"], ref
+
+
+def test_dashboard_queries_name_only_metrics_that_are_produced() -> None:
+    """Every PromQL query selects only span-metrics or SDK metric names the stack produces."""
+    produced = produced_metric_names()
+    uids = provisioned_datasource_uids()
+    promql = [(t, q) for t, ref, q in dashboard_queries() if uids[ref["uid"]] == "prometheus"]
+    assert len(promql) >= 6
+    for title, query in promql:
+        names = promql_metric_names(query)
+        assert names, f"{title}: no metric in {query!r}"
+        assert set() == names - produced, title
+
+
+def test_alert_rules_name_the_same_metrics_as_the_dashboard() -> None:
+    """The alert rules select only metric names the dashboard's checker accepts too."""
+    produced = produced_metric_names()
+    for name, rule in alert_rules().items():
+        assert set() == promql_metric_names(rule["expr"]) - produced, name
+
+
+def test_metric_name_checker_catches_a_wrong_name() -> None:
+    """The checker reports a series name that nothing produces (e.g. the pre-v0.109 one)."""
+    query = 'sum by (span_name) (rate(calls_total{status_code="STATUS_CODE_ERROR"}[5m]))'
+    assert {"calls_total"} == promql_metric_names(query) - produced_metric_names()
+
+
+def test_dashboard_has_the_panels_sres_need() -> None:
+    """Failed sections, p50/p95 duration, running tasks, age gauge, dropped spans, Tempo."""
+    by_metric: dict[str, list[str]] = {}
+    for title, _, query in dashboard_queries():
+        for name in promql_metric_names(query) if "{" in query or "(" in query else ():
+            by_metric.setdefault(name, []).append(title)
+    namespace = "traces_span_metrics"
+    assert any('status_code="STATUS_CODE_ERROR"' in q and "otel_progress_section" in q
+               and f"{namespace}_calls_total" in q for _, _, q in dashboard_queries())
+    quantiles = {q.split(",")[0] for _, _, q in dashboard_queries()
+                 if q.startswith("histogram_quantile(")}
+    assert {"histogram_quantile(0.5", "histogram_quantile(0.95"} == quantiles
+    for metric in ("otel_progress_runs_running", "otel_progress_progress_age_seconds",
+                   "otel_progress_spans_dropped_total"):
+        assert metric in by_metric, metric
+    gauges = [p for p in dashboard_panels() if p["type"] == "gauge"]
+    assert any("otel_progress_progress_age_seconds" in t["expr"] for p in gauges
+               for t in p["targets"])
+
+
+def test_dashboard_tempo_panel_lists_failed_traces_without_placeholders() -> None:
+    """A Tempo TraceQL panel lists the latest failed traces and leaves placeholders out."""
+    tempo = [(t, q) for t, ref, q in dashboard_queries() if ref["type"] == "tempo"]
+    assert 1 == len(tempo)
+    query = tempo[0][1]
+    assert "status = error" in query
+    assert f"span.{attrs.PLACEHOLDER} != true" in query
+
+
+def test_dashboard_section_panels_link_to_their_traces_in_tempo() -> None:
+    """Section panels carry data links opening Tempo (by uid) with the section's TraceQL."""
+    from urllib.parse import parse_qs, urlsplit
+
+    uids = provisioned_datasource_uids()
+    linked = 0
+    for panel in dashboard_panels():
+        links = list(panel.get("fieldConfig", {}).get("defaults", {}).get("links", []))
+        if not links:
+            continue
+        linked += 1
+        for link in links:
+            query = parse_qs(urlsplit(link["url"]).query)
+            panes = json.loads(query["panes"][0])
+            pane = next(iter(panes.values()))
+            assert "tempo" == uids[pane["datasource"]]
+            traceql = pane["queries"][0]["query"]
+            assert f"span.{attrs.SECTION_NAME} = " in traceql
+            assert "${__field.labels.otel_progress_section}" in traceql
+    assert linked >= 3
+
+
+def test_dashboard_promql_parses_with_promtool(tmp_path: Path) -> None:
+    """promtool accepts every PromQL query of the dashboard (Grafana variables filled in)."""
+    uids = provisioned_datasource_uids()
+    rules = []
+    for index, (_, ref, query) in enumerate(dashboard_queries()):
+        if uids[ref["uid"]] != "prometheus" or query.startswith("label_values("):
+            continue
+        expr = query.replace("$__rate_interval", "5m").replace("$__range", "6h")
+        rules.append({"record": f"dashboard:query:{index}", "expr": expr.replace("$task", ".*")})
+    path = tmp_path / "dashboard.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run_promtool("check", "rules", str(path))
+    assert 0 == result.returncode, result.stdout + result.stderr

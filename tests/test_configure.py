@@ -19,6 +19,7 @@ import pytest
 import otel_progress
 from otel_progress._attributes import (
     METRIC_PROGRESS_AGE,
+    METRIC_RUNS_RUNNING,
     METRIC_SECTION_DURATION,
     METRIC_SECTIONS,
     SECTION_DURATION_BUCKETS,
@@ -530,6 +531,33 @@ def test_task_updater_sections_export_the_section_metrics(
     ages = {p.attributes["task_name"] for m in received if m.name == METRIC_PROGRESS_AGE
             for p in m.data_points}
     assert "stuck" in ages
+
+
+def test_running_runs_gauge_counts_unfinished_runs_by_task_name(
+    otlp_receiver: OtlpGrpcReceiver, tmp_path: Path
+) -> None:
+    """otel_progress.runs.running counts the runs of each task name that have not finished."""
+    run_script(
+        """
+        import os, time
+        os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "100"
+        configure(endpoint=ENDPOINT, timeout=2)
+        from otel_progress import TaskUpdater
+        done = TaskUpdater(task_name="done")
+        done.insert_final_update()
+        first, second = TaskUpdater(task_name="busy"), TaskUpdater(task_name="busy")
+        time.sleep(0.5)
+        """,
+        tmp_path, otlp_receiver.endpoint,
+    )
+
+    received = otlp_receiver.wait_for_metrics(
+        lambda ms: METRIC_RUNS_RUNNING in {m.name for m in ms}, timeout=5
+    )
+    points = [{p.attributes["task_name"]: p.value for p in m.data_points}
+              for m in received if m.name == METRIC_RUNS_RUNNING]
+    assert {"busy": 2} in points
+    assert all("done" not in p for p in points)
 
 
 # --- what the SDK reads itself, per signal ------------------------------------------------------

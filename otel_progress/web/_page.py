@@ -31,17 +31,19 @@ h1 code {{ font-size: 0.95rem; background: #f6f8fa; padding: 0.1rem 0.3rem; bord
 <body>
 <main>
 <h1>Task <code>{title}</code></h1>
-<div data-otel-progress data-url="{url}"{trace}></div>
+<div data-otel-progress data-url="{url}"{trace}{cancel}></div>
 </main>
 </body>
 </html>
 """
 
 
-def render(task_id: str, *, trace_url: str | None = None) -> str:
-    """The page for ``task_id`` (already checked: printable ASCII, at most 255 characters)."""
+def render(task_id: str, *, trace_url: str | None = None, cancellable: bool = False) -> str:
+    """The page for ``task_id`` (already checked: printable ASCII, at most 255 characters);
+    ``cancellable`` shows the widget's cancel button (it posts to ``../<id>/cancel``)."""
     trace = f' data-trace-url="{escape(trace_url, quote=True)}"' if trace_url else ""
     return _TEMPLATE.format(
+        cancel=' data-cancellable="true"' if cancellable else "",
         title=escape(task_id, quote=True),
         url=escape("../" + quote(task_id, safe=""), quote=True),
         trace=trace,

@@ -31,6 +31,7 @@ from otel_progress._backend import (
     history_for,
     read,
     reconcile_rows,
+    request_cancel,
 )
 from otel_progress._history import (
     DEFAULT_LIMIT,
@@ -70,6 +71,8 @@ SCHEDULED_MISS_TTL: Final = 5.0
 """Seconds an ETA nobody reported is not asked for again (one broadcast per task at most then)."""
 _CACHE_SIZE: Final = 1024
 
+CANCEL_HEADER: Final = "X-OTel-Progress"
+"""A header that, like a JSON body, makes ``POST /tasks/<id>/cancel`` safe from CSRF."""
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 HTML_TYPE: Final = "text/html; charset=utf-8"
@@ -130,6 +133,11 @@ class Facts:
     peer address says nothing about the client."""
     request_headers: str | None = None
     """``Access-Control-Request-Headers`` of a preflight."""
+    json_body: bool = False
+    """``Content-Type: application/json``: a cross-site form cannot send it (CSRF, cancel)."""
+    custom_header: bool = False
+    """The request carries ``X-OTel-Progress`` (CANCEL_HEADER): only script sends it, and a
+    foreign origin's script needs a CORS preflight first."""
 
     @classmethod
     def from_headers(cls, client_host: str | None, headers: Headers) -> Facts:
@@ -139,6 +147,9 @@ class Facts:
             origin=headers.get("origin"),
             forwarded=bool(headers.get("forwarded") or headers.get("x-forwarded-for")),
             request_headers=headers.get("access-control-request-headers"),
+            json_body=str(headers.get("content-type") or "").split(";")[0].strip().lower()
+            == JSON_TYPE,
+            custom_header=bool(headers.get(CANCEL_HEADER)),
         )
 
 
@@ -246,6 +257,8 @@ class Reader:
         """The store ``GET /tasks`` lists (None: the app's, as its workers choose; False: none)."""
         self._etas = _EtaCache()
         self._widget: bytes | None = None
+        self.cancellable = False
+        """The view page shows the widget's cancel button (``create_app(cancellable=True)``)."""
 
     # --- the three steps, in order -------------------------------------------------------------
     def check(self, task_id: object, params: Mapping[str, str] | None = None,
@@ -338,10 +351,45 @@ class Reader:
             return refused
         return self.lookup(task_id, params, facts)
 
+    # --- cancel ---------------------------------------------------------------------------------
+    def cancel_check(self, facts: Facts) -> Answer | None:
+        """CSRF: a cancel needs a JSON body or the ``X-OTel-Progress`` header (a plain form post
+        from another site has neither), else 400. Before the authorize hook runs."""
+        if facts.json_body or facts.custom_header:
+            return None
+        return self.error(400, f"a cancel needs Content-Type: {JSON_TYPE} or the "
+                               f"{CANCEL_HEADER} header", facts)
+
+    def cancel(self, task_id: str, facts: Facts | None = None) -> Answer:
+        """``POST /tasks/<id>/cancel`` after check, cancel_check and gate (blocking): 202 with
+        ``{task_id, cancel_requested: true, state}``; 404 untracked; 409 already final (nothing
+        stored); 501 a backend that cannot hold the request (rpc://, database); 503."""
+        facts = facts or Facts()
+        try:
+            payload = read(self.app, task_id, children=False, timeout=self.timeout)
+            if payload is None:
+                return self.error(404, "not found", facts)
+            state = str(payload.get("state") or "running")
+            if state in FINAL_STATES:
+                return Answer(409, self._headers(JSON_TYPE, facts), _json_bytes(
+                    {"error": "the task has finished", "state": state}))
+            if not request_cancel(self.app, task_id, timeout=self.timeout):
+                return self.error(501, "this result backend cannot hold a cancel request", facts)
+        except BackendUnavailable as exc:
+            log_once("web.backend-down", "otel_progress: the result backend did not answer (%s);"
+                     " the status app answers 503 until it does", safe_str(exc, 200))
+            return self.unavailable(facts)
+        except Exception as exc:
+            log_once("web.cancel", "otel_progress: a cancel failed (%s: %s); answering 503",
+                     type(exc).__name__, safe_str(exc, 200))
+            return self.unavailable(facts)
+        return Answer(202, self._headers(JSON_TYPE, facts), _json_bytes(
+            {"task_id": task_id, "cancel_requested": True, "state": state}))
+
     # --- the other routes ---------------------------------------------------------------------
     def view(self, task_id: str, facts: Facts | None = None) -> Answer:
         """The HTML page that shows ``task_id`` with the widget (after check and gate)."""
-        html = _page.render(task_id, trace_url=self.trace_url)
+        html = _page.render(task_id, trace_url=self.trace_url, cancellable=self.cancellable)
         headers = (("Content-Type", HTML_TYPE), *_BASE_HEADERS,
                    ("Content-Security-Policy", _PAGE_CSP), ("Referrer-Policy", "no-referrer"))
         return Answer(200, headers, html.encode("utf-8"))
@@ -352,13 +400,13 @@ class Reader:
             self._widget = (STATIC_DIR / WIDGET_FILE).read_bytes()
         return Answer(200, self._headers(JS_TYPE, facts, cors=False), self._widget)
 
-    def preflight(self, facts: Facts) -> Answer:
+    def preflight(self, facts: Facts, methods: str = "GET, HEAD, OPTIONS") -> Answer:
         """A CORS preflight (``OPTIONS``): 204 for a listed origin, else 403 (CORS is off)."""
         origin = self._allowed_origin(facts)
         if origin is None:
             return self.error(403, "forbidden")
         headers = [*self._headers(JSON_TYPE, facts),
-                   ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+                   ("Access-Control-Allow-Methods", methods),
                    ("Access-Control-Max-Age", "600")]
         if facts.request_headers:
             headers.append(("Access-Control-Allow-Headers", safe_str(facts.request_headers, 500)))

@@ -29,6 +29,7 @@ LOG_PATH = "/tasks/{task_id}/log"
 TASK_PATH = "/tasks/{task_id}"
 VIEW_PATH = "/tasks/{task_id}/view"
 EVENTS_PATH = "/tasks/{task_id}/events"
+CANCEL_PATH = "/tasks/{task_id}/cancel"
 WIDGET_PATH = "/static/otel-progress.js"
 
 
@@ -82,6 +83,17 @@ class Endpoints:
             return response(refused)
         params = dict(request.query_params)
         return response(await run_in_threadpool(self.reader.lookup, task_id, params, about))
+
+    async def cancel(self, request: Request) -> Response:
+        """``POST /tasks/{task_id}/cancel``: ask the running task to stop (and its preflight)."""
+        task_id = request.path_params["task_id"]
+        about = facts(request)
+        if request.method == "OPTIONS":
+            return response(self.reader.preflight(about, "POST, OPTIONS"))
+        refused = self.reader.cancel_check(about) or await self._refusal(request, task_id, about)
+        if refused is not None:
+            return response(refused)
+        return response(await run_in_threadpool(self.reader.cancel, task_id, about))
 
     async def view(self, request: Request) -> Response:
         """``GET /tasks/{task_id}/view``: the HTML page with the widget."""
@@ -185,6 +197,8 @@ class Endpoints:
             Route(TASK_PATH, self.task, methods=["GET", "OPTIONS"], name="otel_progress_task"),
             Route(VIEW_PATH, self.view, methods=["GET"], name="otel_progress_view"),
             Route(EVENTS_PATH, self.events, methods=["GET"], name="otel_progress_events"),
+            Route(CANCEL_PATH, self.cancel, methods=["POST", "OPTIONS"],
+                  name="otel_progress_cancel"),
             Route(WIDGET_PATH, self.widget, methods=["GET"], name="otel_progress_widget"),
         ]
 
@@ -199,6 +213,7 @@ def create_app(
     cors_origins: Sequence[str] | None = None,
     include_result: bool = False,
     history: object = None,
+    cancellable: bool = False,
 ) -> Starlette:
     """The status app: ``GET /tasks/{id}``, ``GET /tasks/{id}/view``, ``GET /tasks/{id}/events``
     (server-sent events), the widget's JS, and from the task history ``GET /tasks`` (a filtered
@@ -216,13 +231,16 @@ def create_app(
     ``include_result`` opt in to the traceback and to Celery's result; ``cors_origins`` lists the
     origins a browser may read from (CORS is off without it). ``history`` is the store
     ``GET /tasks`` lists (a store or a URL; default: the one the app's workers write, False:
-    none); ``authorize(request, None)`` decides who may list.
+    none); ``authorize(request, None)`` decides who may list. ``POST /tasks/{id}/cancel`` asks
+    a running task to stop (behind the same ``authorize``; it needs a JSON body or the
+    ``X-OTel-Progress`` header); ``cancellable=True`` shows the cancel button on the view page.
     """
     reader = Reader(
         celery_app, policy=policy_of(authorize, allow_anonymous, default="loopback"),
         trace_url=trace_url, include_traceback=include_traceback, include_result=include_result,
         cors_origins=cors_origins, history=history,
     )
+    reader.cancellable = bool(cancellable)
     endpoints = Endpoints(reader, authorize)
 
     async def http_error(request: Request, exc: Exception) -> Response:

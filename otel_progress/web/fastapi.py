@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from otel_progress.web._reader import Reader, policy_of
 from otel_progress.web._starlette import (
+    CANCEL_PATH,
     EVENTS_PATH,
     LIST_PATH,
     LOG_PATH,
@@ -71,6 +72,9 @@ def router(
     api.add_api_route(EVENTS_PATH, endpoints.events, methods=["GET"], response_class=Response,
                       name="otel_progress_events",
                       summary="The task's payload as server-sent events until it is final")
+    api.add_api_route(CANCEL_PATH, endpoints.cancel, methods=["POST", "OPTIONS"],
+                      response_class=Response, name="otel_progress_cancel",
+                      summary="Ask the running task to stop at its next section", status_code=202)
     api.add_api_route(WIDGET_PATH, endpoints.widget, methods=["GET"], response_class=Response,
                       name="otel_progress_widget", summary="otel-progress.js",
                       include_in_schema=False)

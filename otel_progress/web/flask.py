@@ -100,6 +100,17 @@ def blueprint(
         refused = refusal(task_id, about)
         return _response(refused if refused is not None else reader.view(task_id, about))
 
+    @routes.route("/tasks/<task_id>/cancel", methods=["POST", "OPTIONS"],
+                  provide_automatic_options=False)
+    def cancel(task_id: str) -> Response:
+        about = _facts()
+        if request.method == "OPTIONS":
+            return _response(reader.preflight(about, "POST, OPTIONS"))
+        refused = reader.cancel_check(about) or refusal(task_id, about)
+        if refused is not None:
+            return _response(refused)
+        return _response(reader.cancel(task_id, about))
+
     @routes.route("/static/otel-progress.js", methods=["GET"])
     def widget() -> Response:
         return _response(reader.widget(_facts()))

@@ -104,3 +104,23 @@ def adoption_usage(task: Any) -> list[int]:
     rate: float | None = payload["rate"]
     assert eta is None or rate is None or eta >= 0
     return doubled
+
+
+def live_and_cancel_usage(app: Any, task_id: str) -> bool:
+    configure(live=True, live_interval=5)
+    from otel_progress import TaskCancelled
+    from otel_progress.celery import request_cancel
+
+    updater = TaskUpdater(task_name="cancellable")
+    try:
+        with updater(task_name="loop"):
+            while not updater.cancelled:
+                updater.raise_if_cancelled()
+                updater.advance()
+    except TaskCancelled:
+        pass
+    with capture_spans() as spans:
+        placeholders = spans.placeholders()
+        assert placeholders == [] or spans.real()
+    stored: bool = request_cancel(task_id, app=app)
+    return stored

@@ -33,7 +33,7 @@ from django.utils.module_loading import import_string
 
 from otel_progress.web._reader import Answer, Facts, Reader, policy_of
 
-__all__ = ["log", "reset", "task", "tasks", "view", "widget"]
+__all__ = ["cancel", "log", "reset", "task", "tasks", "view", "widget"]
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -148,6 +148,26 @@ def view(request: HttpRequest, task_id: str) -> HttpResponse:
     about = _facts(request)
     refused = _refusal(request, task_id, reader, hook, about)
     return _response(refused if refused is not None else reader.view(task_id, about))
+
+
+def cancel(request: HttpRequest, task_id: str) -> HttpResponse:
+    """``POST tasks/<task_id>/cancel``: ask the running task to stop at its next section."""
+    reader, hook = _configured()
+    about = _facts(request)
+    if request.method == "OPTIONS":
+        return _response(reader.preflight(about, "POST, OPTIONS"))
+    if request.method != "POST":
+        return _response(reader.error(405, "method not allowed", about))
+    refused = reader.cancel_check(about) or reader.check(task_id, None, about) or reader.gate(
+        about, reader.decide(hook, request, task_id))
+    if refused is not None:
+        return _response(refused)
+    return _response(reader.cancel(task_id, about))
+
+
+# What ``csrf_exempt`` sets (the decorator is untyped): CSRF-safe by design instead, since a JSON
+# body or the X-OTel-Progress header is required and neither can come from a cross-site form.
+cancel.csrf_exempt = True  # type: ignore[attr-defined]
 
 
 def widget(request: HttpRequest) -> HttpResponse:

@@ -11,6 +11,7 @@
  *       onSuccess: (bar, message, result) => { ... },             // celery-progress's callbacks
  *     });
  *     handle.stop();                                              // stop polling from code
+ *   // cancellable: true adds a Cancel button (POST <url>/cancel, or options.cancelUrl)
  *   </script>
  *
  * Or without any script of your own: <div data-otel-progress data-url="/tasks/ID"
@@ -83,6 +84,10 @@
     ".otp-foot a{color:#0969da}",
     ".otp-eta{font-size:12px;color:#57606a;margin:2px 0;font-variant-numeric:tabular-nums}",
     ".otp-section-eta{font-size:12px;color:#57606a;margin-left:6px}",
+    ".otp-cancel{margin-left:auto;font:inherit;font-size:12px;padding:1px 10px;border-radius:6px;",
+    "border:1px solid #cf222e;background:#fff;color:#cf222e;cursor:pointer}",
+    ".otp-cancel[disabled]{opacity:.6;cursor:default}",
+    ".otp-section[data-state=revoked] > .otp-section-head .otp-fill{background:#cf222e}",
     "[hidden]{display:none!important}"
   ].join("");
 
@@ -186,6 +191,9 @@
 
     var pollInterval = Math.max(100, Number(options.pollInterval) || 1000);
     var url = String(options.url);
+    var cancellable = options.cancellable === true;
+    var cancelUrl = options.cancelUrl ? String(options.cancelUrl)
+      : url.split("?")[0].replace(/\/+$/, "") + "/cancel";
 
     // --- the widget's DOM (built once; every text goes in through textContent) -------------
     element.textContent = "";
@@ -197,6 +205,10 @@
     badge.setAttribute("data-state", "queued");
     head.appendChild(name);
     head.appendChild(badge);
+    var cancelButton = el("button", "otp-cancel", "Cancel");
+    cancelButton.type = "button";
+    cancelButton.hidden = !cancellable;
+    head.appendChild(cancelButton);
     var row = el("div", "otp-row otp-overall");
     var overall = makeBar("overall");
     var percent = el("span", "otp-percent", "0%");
@@ -318,6 +330,7 @@
         if (!isNaN(due.getTime())) label += " at " + due.toLocaleTimeString();
       }
       badge.textContent = label;
+      cancelButton.hidden = !cancellable || !!FINAL[state];
       name.textContent = data.task_name ? String(data.task_name) : "";
       overall.set(value);
       // an estimate while the number of sections is unknown (the payload says indeterminate)
@@ -512,6 +525,33 @@
       if (!stopped && timer === null) poll();
     }
 
+    function requestCancel() {
+      cancelButton.disabled = true;
+      cancelButton.textContent = "Cancelling…";
+      // a JSON body and a custom header: a cross-site form can send neither (CSRF)
+      root.fetch(cancelUrl, { method: "POST", credentials: "same-origin", cache: "no-store",
+        headers: { "Content-Type": "application/json", "X-OTel-Progress": "cancel",
+          Accept: "application/json" }, body: "{}" }).then(function (response) {
+        if (response.status === 202 || response.status === 409) {
+          cancelButton.textContent = response.status === 202 ? "Cancel requested" : "Finished";
+          widget.setAttribute("data-cancel", response.status === 202 ? "requested" : "late");
+          if (!stopped) {
+            if (timer !== null) root.clearTimeout(timer);
+            schedule(Math.min(pollInterval, 500));
+          }
+          return;
+        }
+        cancelButton.disabled = false;
+        cancelButton.textContent = "Cancel";
+        showStatus("The cancel was not accepted (HTTP " + response.status + ").");
+      }, function () {
+        cancelButton.disabled = false;
+        cancelButton.textContent = "Cancel";
+        showStatus("Cannot reach the status server to cancel.");
+      });
+    }
+    cancelButton.addEventListener("click", requestCancel);
+
     var handle = {
       /** Stop polling now (an in-flight request is aborted). */
       stop: function () {
@@ -543,6 +583,7 @@
       mount(node, {
         url: node.getAttribute("data-url"),
         traceUrl: node.getAttribute("data-trace-url") || null,
+        cancellable: node.getAttribute("data-cancellable") === "true",
         pollInterval: Number(node.getAttribute("data-poll-interval")) || undefined,
         events: node.getAttribute("data-events") !== "false"
       });
