@@ -3,7 +3,9 @@
 Broker/backend from ``OTEL_PROGRESS_TEST_REDIS_URL``; tasks on the queue ``live``. In a worker
 (``OTEL_EXPORTER_OTLP_ENDPOINT`` set) ``configure()`` exports to a receiver on 127.0.0.1 and
 reads ``OTEL_PROGRESS_LIVE`` / ``OTEL_PROGRESS_LIVE_INTERVAL`` itself. Tasks that wait do so on
-a Redis key the test sets (``tests.apps.web_app.open_gate``), bounded, never on a sleep.
+a Redis key the test sets (``tests.apps.web_app.open_gate``), bounded, never on a sleep. The tasks
+are bound to this app (not shared): a test that made another app current cannot send them to
+another queue.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import Celery
 
 from otel_progress import TaskCancelled, TaskUpdater, configure
 from otel_progress.celery import ProgressInstrumentor
@@ -45,7 +47,7 @@ ProgressInstrumentor().instrument(
 )
 
 
-@shared_task(bind=True, name="live_app.nested")
+@app.task(bind=True, name="live_app.nested")
 def nested(self: Any, gate: str) -> str:
     """``outer`` > ``inner`` (progress 1 of 4), waiting on ``gate`` inside both, then ``after``."""
     updater = TaskUpdater(expected_sections=2)
@@ -59,7 +61,7 @@ def nested(self: Any, gate: str) -> str:
     return "done"
 
 
-@shared_task(bind=True, name="live_app.stepwise")
+@app.task(bind=True, name="live_app.stepwise")
 def stepwise(self: Any, steps: int = 200, pause: float = 0.05) -> str:
     """One section per step (``step 0``, ``step 1``, ...), each ``pause`` long: it never checks
     for a cancel itself, so a cancel stops it at the next section boundary."""
@@ -71,7 +73,7 @@ def stepwise(self: Any, steps: int = 200, pause: float = 0.05) -> str:
     return "all steps"
 
 
-@shared_task(bind=True, name="live_app.polling")
+@app.task(bind=True, name="live_app.polling")
 def polling(self: Any, gate: str) -> str:
     """One long section that asks ``updater.cancelled`` between items (no exception) and
     reports how it stopped; waits on ``gate`` inside the section before the loop."""
@@ -89,7 +91,7 @@ def polling(self: Any, gate: str) -> str:
     return f"stopped at {stopped_at}"
 
 
-@shared_task(bind=True, name="live_app.explicit")
+@app.task(bind=True, name="live_app.explicit")
 def explicit(self: Any) -> str:
     """Calls ``raise_if_cancelled()`` in a loop; catches nothing (TaskCancelled ends it)."""
     updater = TaskUpdater()
@@ -101,7 +103,7 @@ def explicit(self: Any) -> str:
     return "never cancelled"
 
 
-@shared_task(bind=True, name="live_app.catches")
+@app.task(bind=True, name="live_app.catches")
 def catches(self: Any) -> str:
     """Catches ``TaskCancelled`` itself: the run still reads revoked."""
     updater = TaskUpdater()
