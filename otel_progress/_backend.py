@@ -413,6 +413,12 @@ class TaskTarget:
                                               parent_id=str(parent) if parent else None)
         change["task_id"] = self.task_id
         change["task_name"] = safe_str(getattr(self.task, "name", None) or change["task_name"])
+        private: Any = cast(Any, payload).get(PRIVATE_KEY) or {}
+        if final and private.get("open_spans"):
+            # a dying child's last write (billiard's SIGTERM: a hard time limit, a terminating
+            # revoke): its SystemExit is not the task's error; the main process records that
+            change.pop("exc_type", None)
+            change.pop("exc_message", None)
         history_record(getattr(self.task, "app", None), change)
 
     def progress(self, state: str, payload: ProgressPayload, children: Sequence[str]) -> bool:

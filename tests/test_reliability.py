@@ -27,6 +27,7 @@ from otel_progress._backend import KEY_PREFIX, claim_post_mortem
 from otel_progress._payload import PRIVATE_KEY, dumps
 from otel_progress._safety import REDACTED, default_redact, logger
 from otel_progress.celery import get_progress
+from otel_progress.history import store_for
 from otel_progress.testing import SpanCapture
 from otel_progress.web import create_app
 from tests.support import run_python
@@ -258,6 +259,15 @@ def test_a_child_killed_mid_section_has_its_open_spans_ended_error_with_their_id
     final = get_progress(result.id, app=app.app)
     assert final is not None
     assert (True, PRIVATE_KEY in final) == (final["finished"], False)
+    # the task history's row ends too (issue 12: "as far as the worker or the reader can tell")
+    store = store_for(app.app)
+    assert store is not None
+    row = _poll(lambda: store.get(result.id), lambda r: bool(r and r["end"]), 10,
+                "the history row ended")
+    expected = {"sigkill": ("failed", "WorkerLostError"),
+                "time_limit": ("failed", "TimeLimitExceeded"),
+                "revoke": ("revoked", "TaskRevokedError")}[kill]
+    assert expected == (row["state"], row["exc_type"])
     worker.stop()
 
 
