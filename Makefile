@@ -18,6 +18,7 @@ check-system:  ## the real servers the tests start: fail with the install comman
 	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get update && apt-get install -y redis-server"; exit 1; }
 	@command -v promtool >/dev/null || { echo "promtool missing: apt-get update && apt-get install -y prometheus"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium missing: apt-get update && apt-get install -y chromium"; exit 1; }
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { echo "rabbitmq-server missing: apt-get update && apt-get install -y rabbitmq-server"; exit 1; }
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final, Protocol, TypeVar
@@ -91,6 +91,20 @@ def _kv(backend: Any, key: str) -> Any:
     """``key`` as the key-value backend wants it (bytes for the filesystem backend, ...)."""
     key_t = getattr(backend, "key_t", None)
     return key_t(key) if callable(key_t) else key
+
+
+OWN_ROW_STATE: Final = "OTEL_PROGRESS"
+"""The state of otel_progress's own row in a database result backend (SQLAlchemy,
+django-celery-results): not a Celery state, so no query for tasks' states counts it; it expires
+(``result_expires`` cleanup) like every row."""
+
+
+def _keeps_rows(backend: Any) -> bool:
+    """A result backend that stores by task id but has no key-value interface (SQLAlchemy's
+    ``db+``, django-celery-results, ...): otel_progress keeps its final payload in a row of its
+    own, under the pseudo task id ``own_key(task_id)``."""
+    return (has_result_backend(backend) and not isinstance(backend, RPCBackend)
+            and not isinstance(backend, BaseKeyValueStoreBackend))
 
 
 def has_result_backend(backend: Any) -> bool:
@@ -287,9 +301,13 @@ class TaskTarget:
         elif isinstance(backend, BaseKeyValueStoreBackend):
             backend.set(_kv(backend, own_key(self.task_id)), dumps(payload))
         else:
-            # rpc://, database: the PROGRESS meta is the best place left; Celery's final state
-            # replaces it, and the reader then closes the payload from Celery's state.
+            # rpc://, database: the PROGRESS meta for a reader polling right now; Celery's
+            # final state replaces it, and the reader then closes the payload from Celery's.
             backend.store_result(self.task_id, payload, "PROGRESS", request=self.request)
+            if _keeps_rows(backend):
+                # a database keeps what it is given: the final payload also goes into a row of
+                # its own, read by any process afterwards (rpc:// has no such place)
+                backend.store_result(own_key(self.task_id), payload, OWN_ROW_STATE)
         if children:
             _write_children(backend, self.task_id, children)
 
@@ -444,6 +462,22 @@ def _watch_rpc(backend: Any) -> None:
 
     consumer.on_state_change = on_state_change
     consumer._otel_progress_watched = True
+    # ``AsyncResult.state`` polls the reply queue itself (basic_get) and keeps only the latest
+    # message: a final PROGRESS payload followed by SUCCESS would pass unseen. Watch that path
+    # too (a private generator of Celery's rpc backend; left alone where it is absent).
+    slurp = getattr(backend, "_slurp_from_queue", None)
+    if callable(slurp):
+
+        def watched_slurp(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for message in slurp(*args, **kwargs):
+                with guard_quiet():
+                    meta = message.payload
+                    if (isinstance(meta, dict) and meta.get("task_id")
+                            and meta.get("status") not in CELERY_FINAL):
+                        _remember(str(meta["task_id"]), meta)
+                yield message
+
+        backend._slurp_from_queue = watched_slurp
 
 
 class guard_quiet:
@@ -499,6 +533,10 @@ def _read_many(app: Any, task_ids: Sequence[str], timeout: float) -> list[Readin
                 if meta.get("status") not in CELERY_FINAL and task_id in _final_seen:
                     meta = _final_seen[task_id]
                 ours = _remember(task_id, meta)
+                if meta.get("status") in CELERY_FINAL and _keeps_rows(backend):
+                    row = backend.get_task_meta(own_key(task_id)).get("result")
+                    if isinstance(row, dict) and row.get("schema") == SCHEMA_VERSION:
+                        ours = row
             readings.append(Reading(ours, meta))
         return readings
 

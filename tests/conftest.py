@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.support.celery_worker",
     "tests.support.otlp_receiver",
     "tests.support.web",
+    "tests.support.rabbitmq_server",
 ]
 
 
