@@ -13,6 +13,7 @@ implement is declared here too.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +23,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final, Protocol, TypeVar
 
 from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
-from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.backends.rpc import RPCBackend
 
 from otel_progress._payload import (
@@ -192,6 +192,12 @@ _clients_lock = threading.Lock()
 
 def _redis(backend: Any) -> _Redis | None:
     """Our client for ``backend`` when it is a plain Redis backend, else None."""
+    if "celery.backends.redis" not in sys.modules:  # not loaded: no Redis backend exists here
+        return None
+    # Imported here, not at module level: celery.backends.redis needs redis-py, which a user of
+    # RabbitMQ and rpc:// or a database backend need not install.
+    from celery.backends.redis import RedisBackend, SentinelBackend
+
     if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
         return None
     # Celery makes a backend object per thread: key by what the connection is made of, not by
