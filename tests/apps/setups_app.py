@@ -30,7 +30,7 @@ if BACKEND == "django-db":
 
 from celery import Celery, shared_task  # noqa: E402  (after grpc's gevent init and Django)
 
-from otel_progress import Observer, TaskUpdater, configure  # noqa: E402
+from otel_progress import TaskUpdater, configure  # noqa: E402
 from otel_progress.celery import ProgressInstrumentor  # noqa: E402
 
 app = Celery("setups_app")
@@ -72,14 +72,3 @@ def steps(self: Any, count: int, delay: float) -> int:
             time.sleep(delay)
     updater.insert_final_update()
     return count
-
-
-@shared_task(bind=True, name="setups.observed")
-def observed(self: Any, count: int, delay: float) -> str:
-    """mastf's Observer pattern: update() in a loop, then success()."""
-    observer = Observer(self)
-    for i in range(count):
-        observer.update(f"step {i + 1}", current=100 * i // count)
-        time.sleep(delay)
-    _, meta = observer.success("all steps done")
-    return str(meta.get("description"))
