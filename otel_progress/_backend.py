@@ -190,15 +190,23 @@ _clients: dict[int, _Redis | None] = {}
 _clients_lock = threading.Lock()
 
 
-def _redis(backend: Any) -> _Redis | None:
-    """Our client for ``backend`` when it is a plain Redis backend, else None."""
-    if "celery.backends.redis" not in sys.modules:  # not loaded: no Redis backend exists here
-        return None
-    # Imported here, not at module level: celery.backends.redis needs redis-py, which a user of
-    # RabbitMQ and rpc:// or a database backend need not install.
+def is_plain_redis(backend: Any) -> bool:
+    """True for Celery's Redis result backend (not Sentinel), without importing redis-py.
+
+    ``celery.backends.redis`` needs redis-py, which a user of RabbitMQ and ``rpc://`` or a
+    database backend need not install: it is imported only once the application loaded it,
+    as any Redis backend object has.
+    """
+    if "celery.backends.redis" not in sys.modules:
+        return False
     from celery.backends.redis import RedisBackend, SentinelBackend
 
-    if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
+    return isinstance(backend, RedisBackend) and not isinstance(backend, SentinelBackend)
+
+
+def _redis(backend: Any) -> _Redis | None:
+    """Our client for ``backend`` when it is a plain Redis backend, else None."""
+    if not is_plain_redis(backend):
         return None
     # Celery makes a backend object per thread: key by what the connection is made of, not by
     # id() (a collected backend's id can be reused by one with other settings).
