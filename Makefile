@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck check-system bench bench-pytest clean
+.PHONY: demo test lint typecheck check-system matrix docs bench bench-pytest clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,7 @@ check-system:  ## the real servers the tests start: fail with the install comman
 	@command -v redis-server >/dev/null || { echo "redis-server missing: apt-get update && apt-get install -y redis-server"; exit 1; }
 	@command -v promtool >/dev/null || { echo "promtool missing: apt-get update && apt-get install -y prometheus"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium missing: apt-get update && apt-get install -y chromium"; exit 1; }
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { echo "rabbitmq-server missing: apt-get update && apt-get install -y rabbitmq-server"; exit 1; }
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -27,6 +28,12 @@ typecheck: $(VENV)/.installed
 
 test: $(VENV)/.installed check-system lint typecheck  ## lint, mypy --strict and the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+matrix: $(VENV)/.installed  ## the supported-versions matrix (.ci/matrix): oldest and newest rows
+	bash .ci/matrix
+
+docs: $(VENV)/.installed  ## the API reference and guides into site/ (warnings are errors)
+	$(VENV)/bin/mkdocs build --strict
 
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,bench]'

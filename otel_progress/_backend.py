@@ -15,16 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final, Protocol, TypeVar, cast
 
 from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
-from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.backends.rpc import RPCBackend
 
 from otel_progress import _history, _lifecycle
@@ -144,7 +144,7 @@ def history_for(app: Any) -> HistoryStore | None:
         backend = app.backend
     except Exception:
         return None
-    if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
+    if not is_plain_redis(backend):
         return None
     params: Any = getattr(backend, "connparams", {})
     key = hash(repr(sorted(params.items(), key=str)))
@@ -239,6 +239,20 @@ def _kv(backend: Any, key: str) -> Any:
     return key_t(key) if callable(key_t) else key
 
 
+OWN_ROW_STATE: Final = "OTEL_PROGRESS"
+"""The state of otel_progress's own row in a database result backend (SQLAlchemy,
+django-celery-results): not a Celery state, so no query for tasks' states counts it; it expires
+(``result_expires`` cleanup) like every row."""
+
+
+def _keeps_rows(backend: Any) -> bool:
+    """A result backend that stores by task id but has no key-value interface (SQLAlchemy's
+    ``db+``, django-celery-results, ...): otel_progress keeps its final payload in a row of its
+    own, under the pseudo task id ``own_key(task_id)``."""
+    return (has_result_backend(backend) and not isinstance(backend, RPCBackend)
+            and not isinstance(backend, BaseKeyValueStoreBackend))
+
+
 def has_result_backend(backend: Any) -> bool:
     """False for Celery's DisabledBackend (no ``result_backend`` configured): nowhere to write."""
     return not isinstance(backend, DisabledBackend)
@@ -326,9 +340,23 @@ _clients: dict[int, _Redis | None] = {}
 _clients_lock = threading.Lock()
 
 
+def is_plain_redis(backend: Any) -> bool:
+    """True for Celery's Redis result backend (not Sentinel), without importing redis-py.
+
+    ``celery.backends.redis`` needs redis-py, which a user of RabbitMQ and ``rpc://`` or a
+    database backend need not install: it is imported only once the application loaded it,
+    as any Redis backend object has.
+    """
+    if "celery.backends.redis" not in sys.modules:
+        return False
+    from celery.backends.redis import RedisBackend, SentinelBackend
+
+    return isinstance(backend, RedisBackend) and not isinstance(backend, SentinelBackend)
+
+
 def _redis(backend: Any) -> _Redis | None:
     """Our client for ``backend`` when it is a plain Redis backend, else None."""
-    if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
+    if not is_plain_redis(backend):
         return None
     # Celery makes a backend object per thread: key by what the connection is made of, not by
     # id() (a collected backend's id can be reused by one with other settings). The key is
@@ -338,7 +366,7 @@ def _redis(backend: Any) -> _Redis | None:
         params: Any = getattr(backend, "connparams", {})
         key = hash((repr(sorted(params.items(), key=str)), getattr(backend, "serializer", None)))
         with contextlib.suppress(Exception):  # a backend class with __slots__: recompute
-            backend._otel_progress_key = key  # type: ignore[attr-defined]
+            backend._otel_progress_key = key
     client = _clients.get(key, False)
     if client is False:
         with _clients_lock:
@@ -474,9 +502,13 @@ class TaskTarget:
         elif isinstance(backend, BaseKeyValueStoreBackend):
             backend.set(_kv(backend, own_key(self.task_id)), dumps(payload))
         else:
-            # rpc://, database: the PROGRESS meta is the best place left; Celery's final state
-            # replaces it, and the reader then closes the payload from Celery's state.
+            # rpc://, database: the PROGRESS meta for a reader polling right now; Celery's
+            # final state replaces it, and the reader then closes the payload from Celery's.
             backend.store_result(self.task_id, payload, "PROGRESS", request=self.request)
+            if _keeps_rows(backend):
+                # a database keeps what it is given: the final payload also goes into a row of
+                # its own, read by any process afterwards (rpc:// has no such place)
+                backend.store_result(own_key(self.task_id), payload, OWN_ROW_STATE)
         if children:
             _write_children(backend, self.task_id, children)
 
@@ -750,6 +782,22 @@ def _watch_rpc(backend: Any) -> None:
 
     consumer.on_state_change = on_state_change
     consumer._otel_progress_watched = True
+    # ``AsyncResult.state`` polls the reply queue itself (basic_get) and keeps only the latest
+    # message: a final PROGRESS payload followed by SUCCESS would pass unseen. Watch that path
+    # too (a private generator of Celery's rpc backend; left alone where it is absent).
+    slurp = getattr(backend, "_slurp_from_queue", None)
+    if callable(slurp):
+
+        def watched_slurp(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            for message in slurp(*args, **kwargs):
+                with guard_quiet():
+                    meta = message.payload
+                    if (isinstance(meta, dict) and meta.get("task_id")
+                            and meta.get("status") not in CELERY_FINAL):
+                        _remember(str(meta["task_id"]), meta)
+                yield message
+
+        backend._slurp_from_queue = watched_slurp
 
 
 class guard_quiet:
@@ -805,6 +853,10 @@ def _read_many(app: Any, task_ids: Sequence[str], timeout: float) -> list[Readin
                 if meta.get("status") not in CELERY_FINAL and task_id in _final_seen:
                     meta = _final_seen[task_id]
                 ours = _remember(task_id, meta)
+                if meta.get("status") in CELERY_FINAL and _keeps_rows(backend):
+                    row = backend.get_task_meta(own_key(task_id)).get("result")
+                    if isinstance(row, dict) and row.get("schema") == SCHEMA_VERSION:
+                        ours = row
             readings.append(Reading(ours, meta))
         return readings
 

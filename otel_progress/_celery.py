@@ -13,6 +13,7 @@ disconnects exactly that.
 from __future__ import annotations
 
 import datetime
+import functools
 import threading
 import time
 import uuid
@@ -261,7 +262,7 @@ def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     running.add(task_id)
     started = time.time()
     try:
-        result = _original_call(self, *args, **kwargs)
+        result = _body(self)(*args, **kwargs)
     except BaseException as exc:
         running.discard(task_id)
         task_ended(str(task_id), exc, started=started)
@@ -274,6 +275,25 @@ def _task_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     running.discard(task_id)
     task_ended(str(task_id), None, started=started)
     return result
+
+
+def _body(task: Any) -> Callable[..., Any]:
+    """What runs the task under the tracer: ``task.run`` where Celery would call it directly.
+
+    Without this wrapper Celery's tracer calls ``task.run`` itself, with the request it pushed.
+    A wrapped ``__call__`` makes the tracer call ``Task.__call__``, which pushes a request of its
+    own: before Celery 5.4 that request is empty, so ``self.request.id`` read None inside eager
+    tasks. Celery's own ``__call__`` (or its worker stack protection) is skipped exactly when
+    Celery would skip it; any other ``__call__`` (another library's wrapper) still runs.
+    """
+    assert _original_call is not None
+    if getattr(_original_call, "__module__", None) in ("celery.app.task", "celery.app.trace"):
+        stack = task.request_stack
+        request = stack.top
+        if request is not None and len(stack) == 1 and not request.called_directly:
+            run: Callable[..., Any] = task.run
+            return run
+    return functools.partial(_original_call, task)
 
 
 _task_call.__module__ = __name__  # how Celery's tracer recognises a monkey-patched __call__

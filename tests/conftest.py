@@ -16,7 +16,24 @@ pytest_plugins = [
     "tests.support.otlp_receiver",
     "tests.support.web",
     "tests.support.adoption",
+    "tests.support.rabbitmq_server",
 ]
+
+
+MATRIX_FILES = frozenset({
+    "test_task_updater.py", "test_observer.py", "test_instrumentor.py", "test_configure.py",
+    "test_celery_bridge.py", "test_plain_worker.py", "test_zero_code.py", "test_hot_path.py",
+})
+"""Whole files in the supported-versions matrix (``.ci/matrix`` runs ``-m matrix``): the public
+API, span shapes, SDK configuration and the worker bridge, which is what differs between the
+oldest and newest Celery and OpenTelemetry. Single tests elsewhere carry the mark themselves."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of the matrix files ``matrix``."""
+    for item in items:
+        if item.path.name in MATRIX_FILES:
+            item.add_marker(pytest.mark.matrix)
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_APP = "tests.apps.harness_app"
 REDIS_URL_ENV = "OTEL_PROGRESS_TEST_REDIS_URL"
 
-Pool = Literal["prefork", "threads", "solo"]
+Pool = Literal["prefork", "threads", "solo", "gevent"]
 CeleryWorkerFactory = Callable[..., "CeleryWorker"]
 """``celery_worker_factory(app=DEFAULT_APP, *, wait=True, **CeleryWorker options)``."""
 
