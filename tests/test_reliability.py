@@ -96,7 +96,8 @@ def _span_text(spans: list[SpanRecord]) -> str:
 def test_a_planted_secret_never_reaches_the_receiver_the_backend_or_the_http_answer(
         app: Any, celery_worker_factory: WorkerFactory, otlp_receiver: OtlpGrpcReceiver,
         redis_server: RedisServer) -> None:
-    """Secret in a message, section name, attributes, exception, traceback, log, meta: redacted."""
+    """Secret in a message, section name, attributes, exception, traceback, log, meta: redacted
+    in spans, our keys, every HTTP answer (payload, log, history list) and the history rows."""
     secret = app.SECRET
     worker = celery_worker_factory(APP, concurrency=1, queues=(QUEUE,),
                                    env=_otel_env(otlp_receiver))
@@ -116,11 +117,18 @@ def test_a_planted_secret_never_reaches_the_receiver_the_backend_or_the_http_ans
     with UvicornServer(create_app(app.app, allow_anonymous=True)) as server:
         answers = [httpx.get(f"{server.url}/tasks/{task_id}{query}", timeout=10).text
                    for task_id in (ok.id, bad.id) for query in ("", "?format=celery-progress")]
+        answers += [httpx.get(f"{server.url}/tasks/{task_id}/log", timeout=10).text
+                    for task_id in (ok.id, bad.id)]
+        answers.append(httpx.get(f"{server.url}/tasks", timeout=10).text)
+    store = store_for(app.app)
+    assert store is not None
+    rows = [store.get(task_id) for task_id in (ok.id, bad.id)]
     places = {
         "spans": _span_text(spans),
         "own keys": b"\n".join(stored).decode("utf-8"),
         "http answers": "\n".join(answers),
         "get_progress": json.dumps([get_progress(i, app=app.app) for i in (ok.id, bad.id)]),
+        "history rows": json.dumps(rows),
     }
     assert [] == [where for where, text in places.items() if secret in text]
     assert {where: True for where in places} == {w: REDACTED in t for w, t in places.items()}

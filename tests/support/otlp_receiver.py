@@ -297,7 +297,9 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
 class OtlpGrpcReceiver(_Store):
     """An OTLP/gRPC TraceService and MetricsService on 127.0.0.1 (a free port)."""
 
-    def __init__(self, mode: Mode = "ok", *, metrics_mode: Mode | None = None) -> None:
+    def __init__(self, mode: Mode = "ok", *, metrics_mode: Mode | None = None,
+                 port: int = 0) -> None:
+        """``port``: 0 for a free one; a stopped receiver's port to come back where it was."""
         super().__init__(mode, metrics_mode)
         self._executor = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="otlp-rx")
         self._server = grpc.server(self._executor)
@@ -306,7 +308,7 @@ class OtlpGrpcReceiver(_Store):
         add_metrics: Any = metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server
         add_traces(_TraceServicer(self), self._server)
         add_metrics(_MetricsServicer(self), self._server)
-        self.port: int = self._server.add_insecure_port("127.0.0.1:0")
+        self.port: int = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self._server.start()
 
     @property
