@@ -11,7 +11,7 @@ their rounds. The shared 2-core machines drift by up to 2x, so only ratios taken
 round, and CPU per task, are compared; absolute figures are printed for context.
 
 Options: ``--rounds N`` (default 15), ``--only a,b`` (micro, updates, memory, export, worker,
-profile, endpoint, history), ``--history-rows N`` (100,000), ``--save-baseline FILE``
+profile, endpoint, history, faults), ``--history-rows N`` (100,000), ``--save-baseline FILE``
 (keep this run's figures as the "before" column), ``--baseline FILE`` (show it; default
 ``benchmarks/baseline.json`` when present), ``--out``.
 """
@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -119,8 +120,9 @@ def row(target: str, key: str, what: str, anchor: str, values: list[float], *, u
 
 
 # --- child scenarios: the hot paths, one provider setup per process -------------------------------
-def _serve_receiver(count: Any, dropped: Any, port: Any, stop: Any) -> None:
-    """The receiver process: count spans, keep the latest total of the drop metric."""
+def _serve_receiver(count: Any, dropped: Any, port: Any, stop: Any, mode: str = "ok") -> None:
+    """The receiver process: count spans, keep the latest total of the drop metric; ``mode``
+    "unavailable" or "hang" answers every export so (the fault scenarios)."""
     from otel_progress._attributes import METRIC_SPANS_DROPPED
     from tests.support.otlp_receiver import OtlpGrpcReceiver, _metric_records
 
@@ -143,7 +145,7 @@ def _serve_receiver(count: Any, dropped: Any, port: Any, stop: Any) -> None:
             if totals:
                 dropped.value = sum(totals.values())
 
-    receiver = CountingReceiver()
+    receiver = CountingReceiver(mode)  # type: ignore[arg-type]
     port.value = receiver.port
     stop.wait()
     receiver.stop()
@@ -153,7 +155,7 @@ class Receiver:
     """A counting OTLP/gRPC receiver on loopback in a process of its own (a collector never
     shares the measured process's GIL)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "ok") -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -162,7 +164,8 @@ class Receiver:
         self._port = ctx.Value("i", 0, lock=False)
         self._stop = ctx.Event()
         self._proc = ctx.Process(target=_serve_receiver, daemon=True,
-                                 args=(self._count, self._dropped, self._port, self._stop))
+                                 args=(self._count, self._dropped, self._port, self._stop,
+                                       mode))
         self._proc.start()
         deadline = time.monotonic() + 60
         while not self._port.value:
@@ -1006,11 +1009,83 @@ def scenario_history(rounds: int, redis_url: str, rows: int, scratch: str) -> di
     return {"values": values, "listed": listed, "rows": rows, "fill_s": fill_s}
 
 
+def scenario_faults(rounds: int, tasks: int = 40) -> dict[str, Any]:
+    """Issue 11: the wall time of a task while the trace backend is healthy, absent (a closed
+    port), answering UNAVAILABLE, or accepting and never answering. One tracer provider per
+    backend state (the SDK's batch processor and OTLP/gRPC exporter with a 2 s timeout, as
+    ``configure()`` builds them), all in this process, switched round by round; the receivers
+    run in processes of their own. A task: a TaskUpdater with 5 sections, each ~1 ms of work,
+    a progress and a notify."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from otel_progress import TaskUpdater, _spans
+    from tests.support.otlp_receiver import closed_loopback_port
+
+    def work() -> None:  # ~1 ms of the task's own CPU
+        until = time.perf_counter() + 1e-3
+        while time.perf_counter() < until:
+            pass
+
+    receivers = {"healthy": Receiver(), "unavailable": Receiver("unavailable"),
+                 "hang": Receiver("hang")}
+    endpoints = {name: r.endpoint for name, r in receivers.items()}
+    endpoints["absent"] = f"http://127.0.0.1:{closed_loopback_port()}"
+    providers = {}
+    for name, endpoint in endpoints.items():
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=2),
+            schedule_delay_millis=200))
+        providers[name] = provider
+
+    def case(name: str) -> Callable[[], float]:
+        def measure() -> float:
+            _spans.use_tracer_provider(providers[name])
+            started = time.perf_counter()
+            for _ in range(tasks):
+                updater = TaskUpdater(task_name="fault-bench", expected_sections=5)
+                for i in range(5):
+                    with updater(task_name=f"part {i}"):
+                        work()
+                        updater.progress(current=1, total=1)
+                        updater.notify("part done")
+                updater.insert_final_update()
+            return (time.perf_counter() - started) / tasks
+        return measure
+
+    try:
+        values = interleave({name: case(name) for name in providers}, rounds)
+    finally:
+        _spans.use_tracer_provider(None)
+        for provider in providers.values():  # a hung exporter: stop waiting after 5 s
+            closer = threading.Thread(target=provider.shutdown, daemon=True)
+            closer.start()
+            closer.join(5)
+        for receiver in receivers.values():
+            receiver.stop()
+    return {"values": values, "tasks": tasks}
+
+
+def faults_rows(res: dict[str, Any]) -> list[Row]:
+    healthy = res["values"]["healthy"]
+    labels = {"absent": "nothing listening", "unavailable": "answers UNAVAILABLE",
+              "hang": "accepts and never answers"}
+    return [row("11", f"faults_{name}", f"task wall time, trace backend {label} (5 sections "
+                "of ~1 ms, progress, notify; issue 11)", "the same task, healthy trace backend",
+                ratios(res["values"][name], healthy), goal="≤ 1.1x",
+                check=lambda v: v <= 1.1,
+                note=f"{statistics.median(res['values'][name]) * 1e3:.2f} ms vs "
+                     f"{statistics.median(healthy) * 1e3:.2f} ms per task")
+            for name, label in labels.items()]
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "micro": scenario_micro, "spin": scenario_spin, "updates": scenario_updates,
     "memory": scenario_memory, "export": scenario_export, "overload": scenario_overload,
     "taskcost": scenario_taskcost, "endpoint": scenario_endpoint,
-    "history": scenario_history,
+    "history": scenario_history, "faults": scenario_faults,
 }
 
 
@@ -1843,6 +1918,11 @@ def main() -> None:
                     + (" (a section loop outside Celery has no flusher: its queued metrics "
                        "are recorded inline every 1,024 sections, hence \"SDK metrics\")"
                        if what == "section" else "") + ":\n\n" + shares_table(p["self"]))
+        if wanted("faults"):
+            print("faults: task wall time while the trace backend is down ...", flush=True)
+            res = child("faults", {"rounds": ns.rounds})
+            raw["faults"] = res
+            rows += faults_rows(res)
         if wanted("endpoint"):
             print("endpoint: GET /tasks/<id> under 50 clients ...", flush=True)
             res = child("endpoint", {"rounds": ns.rounds, "redis_url": redis.url})
