@@ -189,11 +189,23 @@ class ProgressPayload(TypedDict):
     _private: NotRequired[PrivatePart]
 
 
+_ISO_MEMO: dict[float, str] = {}
+"""Recent timestamps as text: a payload build formats the same section starts and ends again
+at every flush (``strftime`` with ``%f`` cost ~5 us each, 13 per build of a small run)."""
+
+
 def iso(ts: float | None) -> str | None:
     """ISO-8601 UTC with a ``Z``, as the seed's API shows times."""
     if ts is None:
         return None
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = _ISO_MEMO.get(ts)
+    if text is None:
+        naive = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).replace(tzinfo=None)
+        text = naive.isoformat(timespec="microseconds") + "Z"
+        if len(_ISO_MEMO) >= 4096:
+            _ISO_MEMO.clear()
+        _ISO_MEMO[ts] = text
+    return text
 
 
 def parse_iso(text: object) -> float | None:

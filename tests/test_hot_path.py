@@ -166,3 +166,17 @@ def test_observer_span_gets_the_last_counters_at_its_end(spans: SpanCapture) -> 
     span = spans.by_name("Task")
     assert (40, 80, 50.0) == tuple((span.attributes or {})[k]
                                    for k in (A.CURRENT, A.TOTAL, A.PERCENT))
+
+
+def test_iso_timestamps_match_strftime_first_time_and_from_the_memo() -> None:
+    """The memoised ISO formatting gives strftime's text for any timestamp, every time."""
+    import datetime as dt
+    import random
+
+    from otel_progress._payload import iso
+
+    rng = random.Random(7)
+    stamps = [rng.uniform(0, 4e9) for _ in range(5_000)] + [0.0, 1e9, 1_796_133_037.000001]
+    expected = [dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                for ts in stamps]
+    assert expected == [iso(ts) for ts in stamps] == [iso(ts) for ts in stamps]
