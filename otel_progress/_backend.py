@@ -107,7 +107,7 @@ down costs a task at most one bounded attempt per write, and the process one war
 
 _history_choice: Any = None
 """What ``instrument(history=...)`` chose: None (the default rule), False (off), a store."""
-_history_default: dict[int, Any] = {}
+_history_default: dict[str, Any] = {}
 _history_paused_until = 0.0
 
 
@@ -136,9 +136,9 @@ def history_for(app: Any) -> HistoryStore | None:
         return cast(HistoryStore, _history_choice)
     url = os.environ.get(HISTORY_URL_ENV)
     if url:
-        store = _history_default.get(hash(url))
+        store = _history_default.get(url)
         if store is None:
-            store = _history_default[hash(url)] = _history.store_from_url(url)
+            store = _history_default[url] = _history.store_from_url(url)
         return cast(HistoryStore, store)
     try:
         backend = app.backend
@@ -146,13 +146,13 @@ def history_for(app: Any) -> HistoryStore | None:
         return None
     if not is_plain_redis(backend):
         return None
-    params: Any = getattr(backend, "connparams", {})
-    key = hash(repr(sorted(params.items(), key=str)))
+    key = _connection_key(backend)
     store = _history_default.get(key)
     if store is None:
         if len(_history_default) > 64:
             _history_default.clear()
-        store = _history_default[key] = _history.RedisHistory.from_connection(params)
+        store = _history_default[key] = _history.RedisHistory.from_connection(
+            getattr(backend, "connparams", {}))
     return cast(HistoryStore, store)
 
 
@@ -336,7 +336,7 @@ class _Redis:
         self.json = backend.serializer == "json"
 
 
-_clients: dict[int, _Redis | None] = {}
+_clients: dict[str, _Redis | None] = {}
 _clients_lock = threading.Lock()
 
 
@@ -354,19 +354,26 @@ def is_plain_redis(backend: Any) -> bool:
     return isinstance(backend, RedisBackend) and not isinstance(backend, SentinelBackend)
 
 
+def _connection_key(backend: Any) -> str:
+    """What ``backend``'s connection is made of, as one key (our client, its history store).
+
+    Celery makes a backend object per thread: key by the connection, not by id() (a collected
+    backend's id can be reused by one with other settings). The key is kept on the backend
+    object: computing it cost ~20 us per status read and per history write."""
+    key = getattr(backend, "_otel_progress_key", None)
+    if key is None:
+        params: Any = getattr(backend, "connparams", {})
+        key = repr((sorted(params.items(), key=str), getattr(backend, "serializer", None)))
+        with contextlib.suppress(Exception):  # a backend class with __slots__: recompute
+            backend._otel_progress_key = key
+    return str(key)
+
+
 def _redis(backend: Any) -> _Redis | None:
     """Our client for ``backend`` when it is a plain Redis backend, else None."""
     if not is_plain_redis(backend):
         return None
-    # Celery makes a backend object per thread: key by what the connection is made of, not by
-    # id() (a collected backend's id can be reused by one with other settings). The key is
-    # kept on the backend object: computing it cost ~20 us per status read.
-    key = getattr(backend, "_otel_progress_key", None)
-    if key is None:
-        params: Any = getattr(backend, "connparams", {})
-        key = hash((repr(sorted(params.items(), key=str)), getattr(backend, "serializer", None)))
-        with contextlib.suppress(Exception):  # a backend class with __slots__: recompute
-            backend._otel_progress_key = key
+    key = _connection_key(backend)
     client = _clients.get(key, False)
     if client is False:
         with _clients_lock:
@@ -390,6 +397,7 @@ def reset_after_fork() -> None:
     _pool = None
     _queued_paused_until = 0.0
     _closing.clear()
+    _reconciled.clear()
 
 
 def _expires(backend: Any) -> int:
@@ -692,7 +700,21 @@ DEATHS: Final = frozenset({"WorkerLostError", "TimeLimitExceeded"})
 """Celery's exception types for a process that died with its task (a FAILURE of another type
 had a living process end its own spans)."""
 _closing: OrderedDict[str, None] = OrderedDict()
+"""Tasks whose dead spans this process is ending (or ended)."""
+_reconciled: OrderedDict[str, None] = OrderedDict()
+"""Tasks whose history row this process's reads already ended from Celery's state."""
 _closing_lock = threading.Lock()
+
+
+def _first_time(seen: OrderedDict[str, None], task_id: str) -> bool:
+    """True the first time ``task_id`` is seen in ``seen`` (bounded: oldest forgotten)."""
+    with _closing_lock:
+        if task_id in seen:
+            return False
+        seen[task_id] = None
+        while len(seen) > MAX_REMEMBERED:
+            seen.popitem(last=False)
+        return True
 
 
 def _open_spans(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -722,12 +744,8 @@ def post_mortem_later(app: Any, task_id: str, error_type: str, message: str,
     the main worker process and the status app call it."""
     if not _lifecycle.post_mortem_ready():
         return
-    with _closing_lock:
-        if task_id in _closing:
-            return
-        _closing[task_id] = None
-        while len(_closing) > MAX_REMEMBERED:
-            _closing.popitem(last=False)
+    if not _first_time(_closing, task_id):
+        return
 
     def close() -> None:
         time.sleep(POST_MORTEM_DELAY)
@@ -885,9 +903,10 @@ def read(app: Any, task_id: str, *, children: bool = True,
         row = history_row(app, task_id)  # the result backend forgot it; the history did not
         return None if row is None else _history.payload_from_row(row)  # type: ignore[return-value]
     if payload.get("state") in FINAL_STATES and (
-            reading.ours is None or reading.ours.get("state") not in FINAL_STATES):
+            reading.ours is None or reading.ours.get("state") not in FINAL_STATES) \
+            and _first_time(_reconciled, task_id):
         # Celery ended it without our final write (a killed child, a revoke): as the reader
-        # can tell, the history row ends too
+        # can tell, the history row ends too (once per process, not at every poll)
         change = _history.change_from_payload(payload, final=True)
         change.update(task_id=task_id, attempt=0)
         history_record(app, change)
