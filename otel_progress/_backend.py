@@ -144,6 +144,11 @@ def history_for(app: Any) -> HistoryStore | None:
         backend = app.backend
     except Exception:
         return None
+    return _default_store(backend)
+
+
+def _default_store(backend: Any) -> _history.RedisHistory | None:
+    """The history on a Redis result backend's own server (none for any other backend)."""
     if not is_plain_redis(backend):
         return None
     key = _connection_key(backend)
@@ -153,7 +158,34 @@ def history_for(app: Any) -> HistoryStore | None:
             _history_default.clear()
         store = _history_default[key] = _history.RedisHistory.from_connection(
             getattr(backend, "connparams", {}))
-    return cast(HistoryStore, store)
+    return cast(_history.RedisHistory, store)
+
+
+def _riding_row(backend: Any, row: Mapping[str, Any] | None) -> tuple[list[str], str] | None:
+    """The keys and argument of ``row``'s record script when the row can ride in the same
+    script call as a write of ours to ``backend``: the history is the default one (on the
+    result backend's own server) and not paused. None: the row goes its own way, if any."""
+    if row is None or _history_choice is not None or os.environ.get(HISTORY_URL_ENV) \
+            or time.monotonic() < _history_paused_until or not row.get("task_id"):
+        return None
+    store = _default_store(backend)
+    if store is None:
+        return None
+    try:
+        return store.script_call(row)
+    except Exception as exc:  # a row that does not validate: written by no one, said once
+        log_once("history-row", "otel_progress: history row not written (%s)", safe_str(exc, 200))
+        return None
+
+
+def _row_written(ok: Any) -> None:
+    """After a script that carried a row: warn once and pause, as history_record does."""
+    global _history_paused_until
+    if not ok:
+        _history_paused_until = time.monotonic() + HISTORY_PAUSE
+        log_once("history-write", "otel_progress: cannot write the task history (the record "
+                 "script failed); tasks go on, history writes pause for %.0f s at a time",
+                 HISTORY_PAUSE)
 
 
 def history_record(app: Any, row: Mapping[str, Any], store: HistoryStore | None = None) -> None:
@@ -309,6 +341,40 @@ finish (on another pool child) before the attempt that raised Retry has made its
 write: the earlier attempt's payload never replaces a later one's."""
 
 
+_QUEUED_LUA: Final = """
+local ttl = tonumber(ARGV[2])
+local set
+if ttl > 0 then set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl)
+else set = redis.call('SET', KEYS[1], ARGV[1], 'NX') end
+if set then return 1 end
+return 0
+"""
+"""KEYS: our key. ARGV: the queued payload, expiry. Written only if nothing of ours is there."""
+
+
+def _with_row(script: str) -> str:
+    """``script``, then the history's record script in the same call: one round trip where the
+    default history lives on the result backend's own server (the row's keys follow the
+    script's own, its one argument is the last but one; the last is how many keys are the
+    script's). A failing row never undoes the script's write: the reply is {written, row ok}."""
+    return (
+        "local function own(KEYS, ARGV)\n" + script + "\nend\n"
+        "local function row(KEYS, ARGV)\n" + _history.RECORD_LUA + "\nend\n"
+        "local n = tonumber(ARGV[#ARGV])\n"
+        "local ok_keys, row_keys, own_args = {}, {}, {}\n"
+        "for i = 1, #KEYS do if i <= n then ok_keys[#ok_keys + 1] = KEYS[i] "
+        "else row_keys[#row_keys + 1] = KEYS[i] end end\n"
+        "for i = 1, #ARGV - 2 do own_args[i] = ARGV[i] end\n"
+        "local written = own(ok_keys, own_args)\n"
+        "local row_ok = pcall(row, row_keys, {ARGV[#ARGV - 1]})\n"
+        "return {written, row_ok and 1 or 0}\n"
+    )
+
+
+_FINAL_ROW_LUA: Final = _with_row(_FINAL_LUA)
+_QUEUED_ROW_LUA: Final = _with_row(_QUEUED_LUA)
+
+
 class _Redis:
     """Our own connection pool to a Redis result backend: short timeouts, no retries."""
 
@@ -332,6 +398,9 @@ class _Redis:
         self.client = redis.Redis(connection_pool=pool)
         self.script = self.client.register_script(_PROGRESS_LUA)
         self.final_script = self.client.register_script(_FINAL_LUA)
+        self.final_row_script = self.client.register_script(_FINAL_ROW_LUA)
+        self.queued_script = self.client.register_script(_QUEUED_LUA)
+        self.queued_row_script = self.client.register_script(_QUEUED_ROW_LUA)
         self.loaded = False
         self.json = backend.serializer == "json"
 
@@ -442,8 +511,8 @@ class TaskTarget:
         self.label = task_id
         self.history_started = False
 
-    def _history(self, payload: ProgressPayload, *, final: bool) -> None:
-        """The run's row in the history (the flusher's first write, and the final write)."""
+    def _row(self, payload: ProgressPayload, *, final: bool) -> dict[str, Any]:
+        """The run's history row (the flusher's first write, and the final write)."""
         parent = getattr(self.request, "parent_id", None)
         change = _history.change_from_payload(payload, final=final,
                                               parent_id=str(parent) if parent else None)
@@ -455,7 +524,10 @@ class TaskTarget:
             # revoke): its SystemExit is not the task's error; the main process records that
             change.pop("exc_type", None)
             change.pop("exc_message", None)
-        history_record(getattr(self.task, "app", None), change)
+        return change
+
+    def _history(self, payload: ProgressPayload, *, final: bool) -> None:
+        history_record(getattr(self.task, "app", None), self._row(payload, final=final))
 
     def progress(self, state: str, payload: ProgressPayload, children: Sequence[str]) -> bool:
         """Write running progress, unless a final state is already stored; True if written."""
@@ -493,20 +565,49 @@ class TaskTarget:
 
     def final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
         """The last write: our key (unless a later attempt of the task wrote it, on Redis);
-        PROGRESS meta where the backend has no keys; then the run's history row."""
+        PROGRESS meta where the backend has no keys; then the run's history row, in the same
+        script call where the default history shares the result backend's server."""
+        row: dict[str, Any] | None = None
+        rode = False
         try:
-            self._final(payload, children)
+            row = self._row(payload, final=True)
+            rode = self._final(payload, children, row)
         finally:
-            self._history(payload, final=True)
+            if row is not None and not rode:
+                history_record(getattr(self.task, "app", None), row)
 
-    def _final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
+    def inline_safe(self, children: Sequence[str]) -> bool:
+        """Whether the final write is one call of our own bounded client (socket timeouts of
+        WRITE_TIMEOUT, no retries: connect and answer stay under FINAL_TIMEOUT), so the task's
+        thread may make it itself instead of handing it to the final-writer thread."""
         backend = self.task.backend
         client = _redis(backend)
+        if client is None or not client.loaded or children:
+            return False
+        if _history_choice is False:
+            return True
+        return _history_choice is None and not os.environ.get(HISTORY_URL_ENV) \
+            and time.monotonic() >= _history_paused_until
+
+    def _final(self, payload: ProgressPayload, children: Sequence[str],
+               row: Mapping[str, Any] | None) -> bool:
+        """Write the final payload; True if ``row`` went in the same call."""
+        backend = self.task.backend
+        client = _redis(backend)
+        rode = False
         if client is not None:
             if not client.loaded:
                 _load_scripts(client)
-            client.final_script(keys=[own_key(self.task_id)],
-                                args=[dumps(payload), _expires(backend), payload["attempt"]])
+            riding = _riding_row(backend, row)
+            args: list[Any] = [dumps(payload), _expires(backend), payload["attempt"]]
+            if riding is not None:
+                rode = True  # a failing call is not retried as a separate history write
+                keys, arg = riding
+                reply = client.final_row_script(keys=[own_key(self.task_id), *keys],
+                                                args=[*args, arg, 1])
+                _row_written(reply[1])
+            else:
+                client.final_script(keys=[own_key(self.task_id)], args=args)
         elif isinstance(backend, BaseKeyValueStoreBackend):
             backend.set(_kv(backend, own_key(self.task_id)), dumps(payload))
         else:
@@ -519,6 +620,7 @@ class TaskTarget:
                 backend.store_result(own_key(self.task_id), payload, OWN_ROW_STATE)
         if children:
             _write_children(backend, self.task_id, children)
+        return rode
 
 
 def cancel_requested(backend: Any, task_id: str) -> bool:
@@ -568,8 +670,10 @@ def mark_revoked(task: Any, task_id: str, reason: str, timeout: float = REVOKE_T
 
 def _load_scripts(client: _Redis) -> None:
     """Once per process: no NOSCRIPT round trip on a write."""
-    client.client.script_load(_PROGRESS_LUA)
-    client.client.script_load(_FINAL_LUA)
+    pipe = client.client.pipeline(transaction=False)
+    for script in (_PROGRESS_LUA, _FINAL_LUA, _FINAL_ROW_LUA, _QUEUED_LUA, _QUEUED_ROW_LUA):
+        pipe.script_load(script)
+    pipe.execute()
     client.loaded = True
 
 
@@ -608,24 +712,41 @@ def _write_children(backend: Any, task_id: str, children: Sequence[str]) -> None
 _queued_paused_until = 0.0
 
 
-def write_queued(backend: Any, task_id: str, task_name: str) -> None:
-    """Record a published task as ``queued`` (only if nothing of ours is stored for it yet)."""
+def write_queued(app: Any, task_id: str, task_name: str,
+                 row: Mapping[str, Any] | None = None) -> None:
+    """Record a published task as ``queued`` (only if nothing of ours is stored for it yet), and
+    its history ``row`` if given: one script call where the default history shares the result
+    backend's server, else the history's own write."""
     global _queued_paused_until
-    if not has_result_backend(backend) or time.monotonic() < _queued_paused_until:
-        return
-    payload = dumps(queued(task_id, task_name))
-    try:
-        client = _redis(backend)
-        if client is not None:
-            client.client.set(own_key(task_id), payload, ex=_expires(backend) or None, nx=True)
-        elif isinstance(backend, BaseKeyValueStoreBackend) and (
-            backend.get(_kv(backend, own_key(task_id))) is None
-        ):
-            backend.set(_kv(backend, own_key(task_id)), payload)
-    except Exception as exc:
-        _queued_paused_until = time.monotonic() + QUEUED_PAUSE
-        log_once("queued-write", "otel_progress: cannot record queued task %s (%s); queued "
-                 "tracking pauses for %.0f s", task_id, safe_str(exc, 200), QUEUED_PAUSE)
+    backend = app.backend
+    rode = False
+    if has_result_backend(backend) and time.monotonic() >= _queued_paused_until:
+        payload = dumps(queued(task_id, task_name))
+        try:
+            client = _redis(backend)
+            if client is not None:
+                if not client.loaded:
+                    _load_scripts(client)
+                riding = _riding_row(backend, row)
+                expires = _expires(backend)
+                if riding is not None:
+                    rode = True
+                    keys, arg = riding
+                    reply = client.queued_row_script(keys=[own_key(task_id), *keys],
+                                                     args=[payload, expires, arg, 1])
+                    _row_written(reply[1])
+                else:
+                    client.queued_script(keys=[own_key(task_id)], args=[payload, expires])
+            elif isinstance(backend, BaseKeyValueStoreBackend) and (
+                backend.get(_kv(backend, own_key(task_id))) is None
+            ):
+                backend.set(_kv(backend, own_key(task_id)), payload)
+        except Exception as exc:
+            _queued_paused_until = time.monotonic() + QUEUED_PAUSE
+            log_once("queued-write", "otel_progress: cannot record queued task %s (%s); queued "
+                     "tracking pauses for %.0f s", task_id, safe_str(exc, 200), QUEUED_PAUSE)
+    if row is not None and not rode:
+        history_record(app, row)
 
 
 # --- reads ------------------------------------------------------------------------------------

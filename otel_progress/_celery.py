@@ -445,11 +445,10 @@ def _on_before_publish(
                     _add_child(run, callback)
         if _track_queued:
             name = safe_str(headers.get("task") or sender or "task")
-            _backend.write_queued(current_app.backend, str(task_id), name)
-            if parent is None or parent.task_id != str(task_id):
-                _backend.history_record(current_app, {
-                    "task_id": str(task_id), "task_name": name, "state": "queued",
-                    "parent_id": headers.get("parent_id")})
+            retry = parent is not None and parent.task_id == str(task_id)
+            _backend.write_queued(current_app, str(task_id), name, None if retry else {
+                "task_id": str(task_id), "task_name": name, "state": "queued",
+                "parent_id": headers.get("parent_id")})
 
 
 def _add_child(run: Run, task_id: str) -> None:

@@ -65,6 +65,9 @@ MAX_LIMIT: Final = 500
 DEFAULT_LIMIT: Final = 100
 TIMEOUT: Final = 2.0
 """Seconds one store call may take (socket timeout, SQLite busy timeout)."""
+TRIM_EVERY: Final = 1.0
+"""Seconds between two retention trims of one store object (SQLite: one indexed DELETE; Redis:
+the script drops index entries past the retention; a shorter retention trims ten times in it)."""
 CSV_DANGEROUS: Final = ("=", "+", "-", "@", "\t", "\r", "'")
 """Leading characters a CSV cell is prefixed with ``'`` for: spreadsheet formulas (``= + - @``,
 tab, CR, per OWASP), and ``'`` itself so the documented reader can undo the prefix exactly."""
@@ -237,46 +240,52 @@ def check_query(state: str | None, limit: int) -> None:
 
 
 # --- Redis -------------------------------------------------------------------------------------
-_RECORD_LUA: Final = """
+RECORD_LUA: Final = """
+local c = cjson.decode(ARGV[1])
 local h = KEYS[1]
-local cur = redis.call('HMGET', h, '_attempt', '_rank', '_start', '_first', '_end')
+local id = c['id']
+local cur = redis.call('HMGET', h, '_attempt', '_rank', '_start', '_first', 'state')
 local cur_attempt = tonumber(cur[1])
 local cur_rank = tonumber(cur[2])
 local start_s = cur[3]
 local first_s = cur[4]
-local attempt = tonumber(ARGV[1])
-local rank = tonumber(ARGV[2])
+local old_state = cur[5]
+local attempt = c['attempt']
+local rank = c['rank']
 if attempt == 0 then attempt = cur_attempt or 1 end
 local wins = (cur_attempt == nil) or attempt > cur_attempt
   or (attempt == cur_attempt and rank >= (cur_rank or -1))
+local set = {}
 if not first_s then
-  first_s = ARGV[6]
-  redis.call('HSET', h, '_first', first_s, 'task_id', ARGV[10])
+  first_s = c['now']
+  set[#set + 1] = '_first'; set[#set + 1] = first_s
+  set[#set + 1] = 'task_id'; set[#set + 1] = id
 end
-local i = 13
-local n_apply = tonumber(ARGV[12])
+local state = old_state
 if wins then
-  redis.call('HSET', h, '_attempt', tostring(attempt), '_rank', ARGV[2],
-             'attempt', tostring(attempt), 'state', cjson.encode(ARGV[11]))
-  for k = 1, n_apply do
-    redis.call('HSET', h, ARGV[i], ARGV[i + 1])
-    i = i + 2
+  state = cjson.encode(c['state'])
+  set[#set + 1] = '_attempt'; set[#set + 1] = tostring(attempt)
+  set[#set + 1] = '_rank'; set[#set + 1] = tostring(rank)
+  set[#set + 1] = 'attempt'; set[#set + 1] = tostring(attempt)
+  set[#set + 1] = 'state'; set[#set + 1] = state
+  for _, kv in ipairs(c['apply']) do set[#set + 1] = kv[1]; set[#set + 1] = kv[2] end
+  if c['end'] ~= '' then set[#set + 1] = '_end'; set[#set + 1] = c['end'] end
+end
+if #c['fill'] > 0 then
+  local names = {}
+  for k, kv in ipairs(c['fill']) do names[k] = kv[1] end
+  local have = redis.call('HMGET', h, unpack(names))
+  for k, kv in ipairs(c['fill']) do
+    local v = have[k]
+    if (not v) or v == 'null' or v == '""' then set[#set + 1] = kv[1]; set[#set + 1] = kv[2] end
   end
-  if ARGV[5] ~= '' then redis.call('HSET', h, '_end', ARGV[5]) end
-else
-  i = i + 2 * n_apply
 end
-local n_fill = tonumber(ARGV[i])
-i = i + 1
-for k = 1, n_fill do
-  local v = redis.call('HGET', h, ARGV[i])
-  if (not v) or v == 'null' or v == '""' then redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
-  i = i + 2
+if c['start'] ~= '' and ((not start_s) or tonumber(c['start']) < tonumber(start_s)) then
+  start_s = c['start']
+  set[#set + 1] = '_start'; set[#set + 1] = start_s
+  set[#set + 1] = 'start'; set[#set + 1] = cjson.encode(c['start_iso'])
 end
-if ARGV[3] ~= '' and ((not start_s) or tonumber(ARGV[3]) < tonumber(start_s)) then
-  start_s = ARGV[3]
-  redis.call('HSET', h, '_start', start_s, 'start', cjson.encode(ARGV[4]))
-end
+if #set > 0 then redis.call('HSET', h, unpack(set)) end
 local end_s = redis.call('HGET', h, '_end')
 if start_s and end_s then
   local d = tonumber(end_s) - tonumber(start_s)
@@ -286,49 +295,55 @@ end
 local names = {'task_name', 'state', 'attempt', 'start', 'end', 'duration_s', 'jobs_finished',
                'jobs_total', 'exc_type', 'exc_message', 'trace_id', 'parent_id', 'log'}
 local vals = redis.call('HMGET', h, unpack(names))
-local parts = {'{"task_id":' .. cjson.encode(ARGV[10])}
+local parts = {'{"task_id":' .. cjson.encode(id)}
 for k, n in ipairs(names) do parts[#parts + 1] = '"' .. n .. '":' .. (vals[k] or 'null') end
 redis.call('HSET', h, 'row', table.concat(parts, ',') .. '}')
 local key_s = start_s or first_s
-local retention = tonumber(ARGV[8])
-local id = ARGV[10]
-local state = redis.call('HGET', h, 'state')
-local states = {'queued', 'running', 'retrying', 'succeeded', 'failed', 'revoked'}
+local retention = tonumber(c['retention'])
+local prefix = c['prefix']
 redis.call('ZADD', KEYS[2], key_s, id)
-for s = 3, 8 do
-  if '"' .. states[s - 2] .. '"' == state then
-    redis.call('ZADD', KEYS[s], key_s, id)
-  else
-    redis.call('ZREM', KEYS[s], id)
-  end
+if old_state and old_state ~= state then
+  redis.call('ZREM', prefix .. 'state:' .. cjson.decode(old_state), id)
 end
-redis.call('ZADD', KEYS[9], key_s, id)
+redis.call('ZADD', prefix .. 'state:' .. cjson.decode(state), key_s, id)
+redis.call('ZADD', KEYS[3], key_s, id)
 redis.call('EXPIREAT', h, math.ceil(tonumber(key_s) + retention))
-local cutoff = '(' .. string.format('%.6f', tonumber(ARGV[7]) - retention)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff, 'LIMIT', 0, 1000)
-for _, member in ipairs(expired) do
-  redis.call('DEL', ARGV[9] .. 'row:' .. member)
-  redis.call('ZREM', KEYS[2], member)
+if c['trim'] == 1 then
+  local cutoff = '(' .. string.format('%.6f', tonumber(c['now']) - retention)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff, 'LIMIT', 0, 1000)
+  for _, member in ipairs(expired) do
+    redis.call('DEL', prefix .. 'row:' .. member)
+    redis.call('ZREM', KEYS[2], member)
+  end
+  for _, s in ipairs({'queued', 'running', 'retrying', 'succeeded', 'failed', 'revoked'}) do
+    redis.call('ZREMRANGEBYSCORE', prefix .. 'state:' .. s, '-inf', cutoff)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', cutoff)
 end
-for s = 3, 9 do redis.call('ZREMRANGEBYSCORE', KEYS[s], '-inf', cutoff) end
-local max_rows = tonumber(ARGV[13 + 2 * n_apply + 1 + 2 * n_fill])
+local max_rows = c['max_rows']
 local n = redis.call('ZCARD', KEYS[2])
 if n > max_rows then
   local old = redis.call('ZRANGE', KEYS[2], 0, n - max_rows - 1)
   for _, member in ipairs(old) do
-    redis.call('DEL', ARGV[9] .. 'row:' .. member)
-    for s = 3, 8 do redis.call('ZREM', KEYS[s], member) end
+    redis.call('DEL', prefix .. 'row:' .. member)
+    for _, s in ipairs({'queued', 'running', 'retrying', 'succeeded', 'failed', 'revoked'}) do
+      redis.call('ZREM', prefix .. 'state:' .. s, member)
+    end
   end
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - max_rows - 1)
 end
 if wins then return 1 end
 return 0
 """
-"""KEYS: the row's hash, the time index, the six state indexes (``<prefix>state``), the name
-index. ARGV: attempt (0 = the stored one), rank, start ts, start ISO, end ts, now (first seen),
-now, retention, prefix, task id, state, N applied then N pairs, M filled then M pairs,
-max rows. Numbers travel as the strings Python wrote (Lua would print a float with 14 digits)."""
-
+"""KEYS: the row's hash, the time index, the name index. ARGV: one JSON object (one argument:
+packing two dozen arguments cost redis-py as much as the round trip) with the task ``id``,
+``attempt`` (0 = the stored one), ``rank``, ``state``, ``start``/``end`` (the seconds as the
+strings Python wrote: Lua would print a float with 14 digits; '' = none), ``start_iso``,
+``now``, ``retention``, ``prefix``, ``apply`` and ``fill`` (``[field, JSON value]`` pairs set
+when the change wins, and where the row has none), ``max_rows`` and ``trim`` (1: drop rows
+past the retention now; once per :data:`TRIM_EVERY` per store, the row's own expiry and the
+readers' retention filter cover the time between). The state indexes (``<prefix>state:<s>``)
+are touched only for the row's old and new state."""
 
 
 def _json(value: object) -> str:
@@ -384,6 +399,7 @@ class RedisHistory:
         self.timeout = float(timeout)
         self._client: Any = None
         self._script: Any = None
+        self._trimmed = 0.0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -409,8 +425,8 @@ class RedisHistory:
                         client = redis.Redis(**params)
                     else:
                         client = redis.Redis.from_url(self.url, **options)
-                    self._script = client.register_script(_RECORD_LUA)
-                    client.script_load(_RECORD_LUA)  # once: no NOSCRIPT round trip on a write
+                    self._script = client.register_script(RECORD_LUA)
+                    client.script_load(RECORD_LUA)  # once: no NOSCRIPT round trip on a write
                     self._client = client
         return self._client
 
@@ -420,31 +436,40 @@ class RedisHistory:
     def _index(self, kind: str, value: str = "") -> str:
         return f"{self.prefix}{kind}{value}"
 
-    def record(self, row: Mapping[str, Any]) -> None:
-        """Merge a partial row into the index (one atomic script)."""
+    def script_call(self, row: Mapping[str, Any]) -> tuple[list[str], str]:
+        """The keys and the one argument of :data:`RECORD_LUA` that merge ``row`` (the result
+        backend's final write runs the same script in its own round trip, ``_backend``)."""
         change = clean(row)
-        client = self._redis()
-        now = repr(time.time())
-        applied = [(k, _json(iso(change[k]) if k == "end" else change[k]))
-                   for k in APPLIED if k in change]
-        filled = [(k, _json(change[k])) for k in STICKY if change.get(k)]
-        filled += [(k, _json(v)) for k, v in (("task_name", ""), ("log", ""), ("jobs_finished", 0),
-                                              ("jobs_total", 0)) if k not in change]
+        now = time.time()
+        trim = now - self._trimmed >= min(TRIM_EVERY, self.retention_s / 10)
+        if trim:
+            self._trimmed = now
         start = change.get("start")
         end = change.get("end")
-        args: list[Any] = [
-            int(change.get("attempt") or 0), RANKS[change["state"]],
-            repr(start) if start is not None else "", iso(start) or "",
-            repr(end) if end is not None else "", now, now, repr(self.retention_s),
-            self.prefix, change["task_id"], change["state"], len(applied),
-        ]
-        for pair in (*applied, ("", len(filled)), *filled):
-            args += [pair[0], pair[1]] if pair[0] else [pair[1]]
-        args.append(self.max_rows)
-        keys = [self._row_key(change["task_id"]), self._index("time"),
-                *(self._index("state:", s) for s in STATES),
+        applied = [[k, _json(iso(change[k]) if k == "end" else change[k])]
+                   for k in APPLIED if k in change]
+        filled = [[k, _json(change[k])] for k in STICKY if change.get(k)]
+        filled += [[k, _json(v)] for k, v in (("task_name", ""), ("log", ""),
+                                              ("jobs_finished", 0), ("jobs_total", 0))
+                   if k not in change]
+        task_id = change["task_id"]
+        arg = _json({
+            "id": task_id, "attempt": int(change.get("attempt") or 0),
+            "rank": RANKS[change["state"]], "state": change["state"],
+            "start": repr(start) if start is not None else "", "start_iso": iso(start) or "",
+            "end": repr(end) if end is not None else "", "now": repr(now),
+            "retention": repr(self.retention_s), "prefix": self.prefix, "apply": applied,
+            "fill": filled, "max_rows": self.max_rows, "trim": 1 if trim else 0,
+        })
+        keys = [self._row_key(task_id), self._index("time"),
                 self._index("name:", change.get("task_name") or "")]
-        self._script(keys=keys, args=args, client=client)
+        return keys, arg
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Merge a partial row into the index (one atomic script)."""
+        keys, arg = self.script_call(row)
+        client = self._redis()
+        self._script(keys=keys, args=[arg], client=client)
 
     def get(self, task_id: str) -> HistoryRow | None:
         """The row of ``task_id``, or None (never tracked, or expired)."""
@@ -568,8 +593,6 @@ CREATE INDEX IF NOT EXISTS otel_progress_history_name
 """
 TABLE: Final = "otel_progress_history"
 _COLUMNS: Final = (*ROW_KEYS, "rank", "start_ts", "end_ts", "first_ts", "sort_ts")
-TRIM_EVERY: Final = 1.0
-"""Seconds between two retention/row-bound trims of one process (a trim is one indexed DELETE)."""
 
 
 class SQLiteHistory:

@@ -131,13 +131,35 @@ class Publisher:
         _flusher.unregister(self)
         locked = self.write_lock.acquire(timeout=max(timeout, 0.0))
         try:
+            self._final_locked()
+        finally:
+            if locked:
+                self.write_lock.release()
+
+    def final_inline(self) -> bool:
+        """The last write on the caller's own thread, when the target says it is one call of a
+        client bounded under FINAL_TIMEOUT and no write of the flusher holds the lock (no
+        hand-off to the final-writer thread: ~0.1 ms of CPU per task). False: not taken."""
+        target = self.target
+        if self.warned or not isinstance(target, _backend.TaskTarget) \
+                or not target.inline_safe(self.run.children):
+            return False
+        if not self.write_lock.acquire(blocking=False):
+            return False
+        try:
+            self.closed = True
+            _flusher.unregister(self)
+            self._final_locked()
+        finally:
+            self.write_lock.release()
+        return True
+
+    def _final_locked(self) -> None:
+        try:
             payload = _payload.build(self.run, self.run.dying_spans or None)
             self._write(lambda: self.target.final(payload, self.run.children))
         except Exception as exc:
             internal_error("publish.final", exc)
-        finally:
-            if locked:
-                self.write_lock.release()
 
     def _write(self, call: Any) -> Any:
         try:
@@ -275,6 +297,8 @@ def final_write(run: Run, timeout: float = FINAL_TIMEOUT) -> None:
     """The run's final write, waited for at most ``timeout`` whatever the backend does."""
     pub = _publishers.pop(run, None)
     if pub is None:
+        return
+    if pub.final_inline():
         return
     deadline = time.monotonic() + timeout
     try:
