@@ -38,6 +38,7 @@ from otel_progress._payload import (
     ChildrenProgress,
     ProgressPayload,
     dumps,
+    encoded,
     from_celery,
     iso,
     parse_iso,
@@ -548,7 +549,7 @@ class TaskTarget:
                 _load_scripts(client)
             written = bool(client.script(
                 keys=[celery_key, own_key(self.task_id)],
-                args=[meta if client.json else b"", dumps(payload), _expires(backend)],
+                args=[meta if client.json else b"", encoded(payload), _expires(backend)],
             ))
             if written and not client.json:
                 client.client.set(celery_key, meta, ex=_expires(backend) or None)
@@ -599,7 +600,7 @@ class TaskTarget:
             if not client.loaded:
                 _load_scripts(client)
             riding = _riding_row(backend, row)
-            args: list[Any] = [dumps(payload), _expires(backend), payload["attempt"]]
+            args: list[Any] = [encoded(payload), _expires(backend), payload["attempt"]]
             if riding is not None:
                 rode = True  # a failing call is not retried as a separate history write
                 keys, arg = riding

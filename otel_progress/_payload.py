@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
 import time
 from importlib import resources
 from typing import Any, Final, TypedDict
@@ -189,22 +190,38 @@ class ProgressPayload(TypedDict):
     _private: NotRequired[PrivatePart]
 
 
-_ISO_MEMO: dict[float, str] = {}
-"""Recent timestamps as text: a payload build formats the same section starts and ends again
-at every flush (``strftime`` with ``%f`` cost ~5 us each, 13 per build of a small run)."""
+_SECOND_MEMO: dict[int, str] = {}
+"""``YYYY-MM-DDTHH:MM:SS`` of recent whole seconds: a task's timestamps share a few seconds, so
+formatting one is a dict lookup and the microseconds (``datetime.isoformat`` cost ~3 us a call,
+a dozen per payload build, every build of every task)."""
+_ISO_BACK: dict[str, float] = {}
+"""Recent texts :func:`iso` made and the timestamp parsing each gives (to the microsecond, as the
+text says): the history row is read from a payload that was just built."""
+_MEMO_SIZE: Final = 4096
 
 
 def iso(ts: float | None) -> str | None:
-    """ISO-8601 UTC with a ``Z``, as the seed's API shows times."""
+    """ISO-8601 UTC with a ``Z``, as the seed's API shows times (what
+    ``datetime.fromtimestamp(ts, utc).isoformat(timespec="microseconds")`` writes, microseconds
+    rounded half to even as it rounds them)."""
     if ts is None:
         return None
-    text = _ISO_MEMO.get(ts)
-    if text is None:
+    if not 0.0 <= ts < 253402300799.0:  # before 1970 or after 9999: the datetime way
         naive = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).replace(tzinfo=None)
-        text = naive.isoformat(timespec="microseconds") + "Z"
-        if len(_ISO_MEMO) >= 4096:
-            _ISO_MEMO.clear()
-        _ISO_MEMO[ts] = text
+        return naive.isoformat(timespec="microseconds") + "Z"
+    second = int(ts)
+    micro = round((ts - second) * 1e6)  # ts - second is exact; round() is half to even
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    head = _SECOND_MEMO.get(second)
+    if head is None:
+        if len(_SECOND_MEMO) >= _MEMO_SIZE:
+            _SECOND_MEMO.clear()
+        head = _SECOND_MEMO[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    text = f"{head}.{micro:06d}Z"
+    if len(_ISO_BACK) >= _MEMO_SIZE:
+        _ISO_BACK.clear()
+    _ISO_BACK[text] = (second * 1_000_000 + micro) / 1_000_000  # what parsing the text gives
     return text
 
 
@@ -213,6 +230,9 @@ def parse_iso(text: object) -> float | None:
     if isinstance(text, _dt.datetime):
         value = text
     elif isinstance(text, str) and text:
+        back = _ISO_BACK.get(text)
+        if back is not None:
+            return back
         try:
             value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -380,10 +400,26 @@ def _size(data: ProgressPayload) -> int:
     return len(dumps(data).encode("utf-8"))
 
 
+_encoded = threading.local()
+"""The text :func:`fit` measured of the payload it let through whole, on this thread."""
+
+
+def encoded(payload: ProgressPayload) -> str:
+    """``dumps(payload)``, without encoding it a second time when ``payload`` is the one that
+    :func:`build` just returned on this thread (its size check wrote that very text). For the
+    writers that store a payload right after building it, unchanged."""
+    last = getattr(_encoded, "last", None)
+    if last is not None and last[0] is payload:
+        _encoded.last = None
+        return str(last[1])
+    return dumps(payload)
+
+
 def fit(data: ProgressPayload) -> ProgressPayload:
     """Trim caller meta, then the log, then the tree until the payload is under the cap."""
     try:
-        size = _size(data)
+        text = dumps(data)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:  # never ship a non-JSON payload
         internal_error("payload", exc)
         for key in [k for k in data if k not in _KNOWN_KEYS]:
@@ -392,6 +428,7 @@ def fit(data: ProgressPayload) -> ProgressPayload:
         data["log"] = ""
         return data
     if size <= MAX_PAYLOAD_BYTES:
+        _encoded.last = (data, text)
         return data
     extra = [k for k in data if k not in _KNOWN_KEYS]
     for key in sorted(extra, key=lambda k: -len(dumps({k: data[k]}))):  # type: ignore[literal-required]

@@ -503,9 +503,15 @@ def test_csv_cells_that_look_like_formulas_are_neutralised(tmp_path: Path) -> No
     assert text.endswith("\r\n")
 
 
-def test_bad_cli_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_cli_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """An unparsable --since, a --limit over 500, or no store: exit 64 and one line."""
+    from otel_progress import _backend
     from otel_progress.cli import EXIT_USAGE, main
+
+    # as in a fresh CLI process: not the store this module's instrumented producer set up
+    monkeypatch.setattr(_backend, "_history_choice", None)
+    monkeypatch.delenv(_backend.HISTORY_URL_ENV, raising=False)
 
     codes = [main(["history", "--history", "sqlite:///x.db", "--since", "soon"]),
              main(["history", "--history", "sqlite:///x.db", "--limit", "501"]),
