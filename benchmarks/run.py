@@ -1181,7 +1181,10 @@ def worker_benchmark(redis: Any, rounds: int, batch: int, log_dir: Path,
                          broker_connection_retry_on_startup=True)
     me, redis_proc = psutil.Process(), psutil.Process(redis.pid)
     others = [redis_proc, me, psutil.Process(receiver.pid)]
-    out: dict[str, Any] = {v: {"tps": [], "cpu_ms": [], "worker_cpu_ms": []} for v in VARIANTS}
+    out: dict[str, Any] = {v: {"tps": [], "cpu_ms": [], "worker_cpu_ms": [],
+                               "split": {"redis": [], "producer": [], "receiver": []}}
+                           for v in VARIANTS}
+    split_of = {"redis": [redis_proc], "producer": [me], "receiver": [others[2]]}
     with _workers(redis.url, receiver.endpoint, log_dir) as workers:
         families = {v: _family(psutil.Process(w.pid)) for v, w in workers.items()}
 
@@ -1190,6 +1193,7 @@ def worker_benchmark(redis: Any, rounds: int, batch: int, log_dir: Path,
                 install()  # the producer side of the bridge: queued tracking at publish
             expected = receiver.span_count + tasks * SPANS_PER_TASK[variant]
             family = families[variant]
+            parts0 = {k: _cpu(p) for k, p in split_of.items()}
             cpu0, w0 = _cpu([*family, *others]), _cpu(family)
             t = time.perf_counter()
             results = [producer.send_task(f"bench.{variant}", queue=variant)
@@ -1203,6 +1207,8 @@ def worker_benchmark(redis: Any, rounds: int, batch: int, log_dir: Path,
                 raise RuntimeError(f"{variant}: spans missing at the receiver")
             time.sleep(0.05)
             cpu1, w1 = _cpu([*family, *others]), _cpu(family)
+            for k, p in split_of.items():
+                out[variant]["split"][k].append((_cpu(p) - parts0[k]) * 1000 / tasks)
             for result in results:
                 result.forget()
             return tasks / wall, (cpu1 - cpu0) * 1000 / tasks, (w1 - w0) * 1000 / tasks
@@ -1573,7 +1579,7 @@ def worker_rows(res: dict[str, Any]) -> list[Row]:
             note=f"{statistics.median(ours['cpu_ms']):.2f} vs "
                  f"{statistics.median(manual['cpu_ms']):.2f} ms (worker only "
                  f"{statistics.median(ours['worker_cpu_ms']):.2f} vs "
-                 f"{statistics.median(manual['worker_cpu_ms']):.2f})"),
+                 f"{statistics.median(manual['worker_cpu_ms']):.2f}; {_split(ours, manual)})"),
         row("6", "tps_cp", "worker tasks/s, otel_progress", "celery-progress (5 `set_progress`)",
             ratios(ours["tps"], cp["tps"]), goal="≥ 1.5x", check=lambda m: m >= 1.5,
             note=f"{statistics.median(ours['tps']):.0f} vs "
@@ -1584,9 +1590,18 @@ def worker_rows(res: dict[str, Any]) -> list[Row]:
             note=f"{statistics.median(ours['cpu_ms']):.2f} vs "
                  f"{statistics.median(cp['cpu_ms']):.2f} ms (worker only "
                  f"{statistics.median(ours['worker_cpu_ms']):.2f} vs "
-                 f"{statistics.median(cp['worker_cpu_ms']):.2f})"),
+                 f"{statistics.median(cp['worker_cpu_ms']):.2f}; {_split(ours, cp)})"),
     ]
     return rows
+
+
+def _split(ours: dict[str, Any], other: dict[str, Any]) -> str:
+    """The other processes' CPU ms per task, ours vs the anchor's (where the rest goes)."""
+    split_ours, split_other = ours.get("split") or {}, other.get("split") or {}
+    return ", ".join(f"{name} {statistics.median(split_ours[name]):.2f} vs "
+                     f"{statistics.median(split_other[name]):.2f}"
+                     for name in ("redis", "producer", "receiver")
+                     if split_ours.get(name) and split_other.get(name))
 
 
 def taskcost_rows(res: dict[str, Any]) -> list[Row]:

@@ -624,6 +624,151 @@ class TaskTarget:
         return rode
 
 
+# --- the final write, riding in Celery's own store of the task's state ----------------------
+class _Rider:
+    """A task's final write waiting for Celery to store the task's state on the same thread."""
+
+    __slots__ = ("arg", "keys", "payload", "script", "target", "text")
+
+    def __init__(self, target: TaskTarget, payload: ProgressPayload, script: Any,
+                 keys: list[str], arg: list[Any]) -> None:
+        self.target = target
+        self.payload = payload
+        self.script = script
+        self.keys = keys
+        self.arg = arg
+        self.text = ""
+
+
+_riders = threading.local()
+"""This thread's final writes waiting for Celery's store (meta key -> rider): Celery stores the
+task's state on the thread that ran it, right after the task-end hook."""
+_original_set: Any = None
+
+
+def _pending() -> dict[bytes, _Rider]:
+    pending: dict[bytes, _Rider] | None = getattr(_riders, "pending", None)
+    if pending is None:
+        pending = _riders.pending = {}
+    return pending
+
+
+def defer_final(target: TaskTarget, payload: ProgressPayload,
+                children: Sequence[str]) -> bool:
+    """Hand the final write to Celery's own store of the task's state: one MULTI/EXEC holds our
+    final payload (and the history row), then Celery's state, so a reader never sees the state
+    without the payload and the task end makes no round trip of its own. False where that
+    cannot be: not a plain Redis backend, our scripts not loaded, children to list, a history
+    of its own; the caller then writes at once. A rider Celery does not take (the result is
+    ignored, the store never comes) is written at the task's postrun (:func:`write_pending`)."""
+    if _original_set is None or not target.inline_safe(children):
+        return False
+    backend = target.task.backend
+    client = _redis(backend)
+    if client is None:
+        return False
+    write_pending()  # a rider a previous task on this thread left: written now, never lost
+    row = target._row(payload, final=True)
+    riding = _riding_row(backend, row)
+    if riding is None and _history_choice is not False:
+        return False  # a row that cannot ride: the ordinary final write records it
+    args: list[Any] = [encoded(payload), _expires(backend), payload["attempt"]]
+    if riding is not None:
+        keys, arg = riding
+        rider = _Rider(target, payload, client.final_row_script,
+                       [own_key(target.task_id), *keys], [*args, arg, 1])
+    else:
+        rider = _Rider(target, payload, client.final_script, [own_key(target.task_id)], args)
+    _pending()[_key_bytes(backend.get_key_for_task(target.task_id))] = rider
+    return True
+
+
+def _key_bytes(key: Any) -> bytes:
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
+def write_pending(task_id: str | None = None) -> None:
+    """Write this thread's riders Celery did not take (all of them, or ``task_id``'s), with our
+    own bounded client: the final write is made whatever Celery does."""
+    pending = _pending()
+    if not pending:
+        return
+    for key in list(pending):
+        rider = pending[key]
+        if task_id is not None and rider.target.task_id != task_id:
+            continue
+        del pending[key]
+        try:
+            rider.target.final(rider.payload, [])
+        except Exception as exc:
+            warn_write_failed(rider.target.label, exc)
+
+
+def _set_riding(self: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+    """``RedisBackend.set`` with this thread's rider for ``key`` in Celery's own transaction."""
+    pending: dict[bytes, _Rider] | None = getattr(_riders, "pending", None)
+    rider = pending.pop(_key_bytes(key), None) if pending else None
+    limit = getattr(self, "_MAX_STR_VALUE_SIZE", None)
+    if rider is not None and limit is not None and isinstance(value, str) and len(value) > limit:
+        assert pending is not None
+        pending[_key_bytes(key)] = rider  # Celery refuses the value: postrun writes ours
+        rider = None
+    if rider is None:
+        return _original_set(self, key, value, *args, **kwargs)
+    expires = kwargs.pop("expires", None) if "expires" in kwargs else (args[0] if args else None)
+
+    def store(key: Any, value: Any, expires: Any) -> None:
+        """What Celery's ``_set`` does (SETEX or SET, then PUBLISH), after our write."""
+        if expires is None:
+            expires = self.expires
+        with self.client.pipeline() as pipe:
+            pipe.evalsha(rider.script.sha, len(rider.keys), *rider.keys, *rider.arg)
+            if expires:
+                pipe.setex(key, expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, value)
+            replies = pipe.execute(raise_on_error=False)
+        for reply in replies[1:]:
+            if isinstance(reply, Exception):
+                raise reply  # Celery's own commands: as its own _set would
+        ours = replies[0]
+        if isinstance(ours, Exception):  # e.g. NOSCRIPT after a Redis restart: write it alone
+            client = _redis(self)
+            if client is not None:
+                client.loaded = False
+            rider.target.final(rider.payload, [])
+        elif isinstance(ours, list) and len(ours) == 2:
+            _row_written(ours[1])
+
+    return self.ensure(store, (key, value, expires), **kwargs)
+
+
+def patch_celery_store() -> None:
+    """Let final writes ride in ``RedisBackend.set`` (install); undone by unpatch."""
+    global _original_set
+    if _original_set is not None:
+        return
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # pragma: no cover - the module imports redis-py lazily
+        return
+    _original_set = RedisBackend.__dict__["set"]
+    RedisBackend.set = _set_riding  # type: ignore[method-assign]
+
+
+def unpatch_celery_store() -> None:
+    """Restore Celery's own ``RedisBackend.set``; riders still pending are written now."""
+    global _original_set
+    write_pending()
+    if _original_set is None:
+        return
+    from celery.backends.redis import RedisBackend
+
+    RedisBackend.set = _original_set  # type: ignore[method-assign]
+    _original_set = None
+
+
 def cancel_requested(backend: Any, task_id: str) -> bool:
     """Whether ``backend`` holds a cancel request for ``task_id`` (2 s socket timeout on Redis)."""
     client = _redis(backend)

@@ -357,7 +357,10 @@ def task_ended(task_id: str, exc: BaseException | None, *, started: float | None
             # Celery's instrumentation records it on run/<task>: remember it, don't record it.
             run.failed = True
             run.remember_exception(exc)
-        finish(run, outcome=outcome, complete=exc is None or outcome == RETRYING)
+        # A dying child writes now; a cancel's REVOKED is stored on a helper thread (bounded):
+        # neither may leave the final write for Celery's store on this thread.
+        finish(run, outcome=outcome, complete=exc is None or outcome == RETRYING,
+               defer=not killed and not isinstance(exc, TaskCancelled))
 
 
 def _history_bare_end(task_id: str, exc: BaseException | None, started: float) -> None:
@@ -403,11 +406,18 @@ def _retry_at(exc: Retry) -> float | None:
     return None
 
 
-def finish(run: Run, *, outcome: Any = None, complete: bool = True) -> None:
-    """Finish ``run``, end its span, and make its final write (bounded by FINAL_TIMEOUT)."""
+def finish(run: Run, *, outcome: Any = None, complete: bool = True, defer: bool = False) -> None:
+    """Finish ``run``, end its span, and make its final write (bounded by FINAL_TIMEOUT;
+    ``defer``: in Celery's own store of the state that follows, see ``_backend.defer_final``)."""
     if run.finish(outcome=outcome, complete=complete):
         _spans.end_run(run)
-    _publish.final_write(run)
+    _publish.final_write(run, defer=defer)
+
+
+def _on_postrun(**_kwargs: Any) -> None:
+    """After Celery stored the task's state: a final write it did not take is made now."""
+    with guard("celery.task_postrun"):
+        _backend.write_pending()
 
 
 def _run_outcome(exc: BaseException | None) -> Any:
@@ -554,9 +564,11 @@ def install() -> None:
         (signals.before_task_publish, _on_before_publish),
         (signals.task_revoked, _on_revoked),
         (signals.task_failure, _on_task_failure),
+        (signals.task_postrun, _on_postrun),
     ):
         signal.connect(handler, weak=False)
         _connected.append((signal, handler))
+    _backend.patch_celery_store()
     _lifecycle.connect_celery("instrument")
 
 
@@ -565,6 +577,7 @@ def uninstall() -> None:
     while _connected:
         signal, handler = _connected.pop()
         signal.disconnect(handler)
+    _backend.unpatch_celery_store()
     _remove_hook()
     _lifecycle.disconnect_celery("instrument")
     configure_bridge()

@@ -136,7 +136,7 @@ class Publisher:
             if locked:
                 self.write_lock.release()
 
-    def final_inline(self) -> bool:
+    def final_inline(self, defer: bool = False) -> bool:
         """The last write on the caller's own thread, when the target says it is one call of a
         client bounded under FINAL_TIMEOUT and no write of the flusher holds the lock (no
         hand-off to the final-writer thread: ~0.1 ms of CPU per task). False: not taken."""
@@ -149,14 +149,17 @@ class Publisher:
         try:
             self.closed = True
             _flusher.unregister(self)
-            self._final_locked()
+            self._final_locked(defer)
         finally:
             self.write_lock.release()
         return True
 
-    def _final_locked(self) -> None:
+    def _final_locked(self, defer: bool = False) -> None:
         try:
             payload = _payload.build(self.run, self.run.dying_spans or None)
+            if defer and isinstance(self.target, _backend.TaskTarget) \
+                    and _backend.defer_final(self.target, payload, self.run.children):
+                return  # written in Celery's own store of the task's state, or at its postrun
             self._write(lambda: self.target.final(payload, self.run.children))
         except Exception as exc:
             internal_error("publish.final", exc)
@@ -293,12 +296,15 @@ def _final_writer() -> ThreadPoolExecutor:
     return _executor
 
 
-def final_write(run: Run, timeout: float = FINAL_TIMEOUT) -> None:
-    """The run's final write, waited for at most ``timeout`` whatever the backend does."""
+def final_write(run: Run, timeout: float = FINAL_TIMEOUT, *, defer: bool = False) -> None:
+    """The run's final write, waited for at most ``timeout`` whatever the backend does.
+
+    ``defer``: at a task's end, the write may ride in Celery's own store of the task's state
+    (``_backend.defer_final``), made on this thread right after."""
     pub = _publishers.pop(run, None)
     if pub is None:
         return
-    if pub.final_inline():
+    if pub.final_inline(defer):
         return
     deadline = time.monotonic() + timeout
     try:

@@ -203,3 +203,13 @@ def chained(self: Any) -> list[str]:
         b = chord([child.si(3), child.si(4)], child.si(5)).apply_async()
     updater.insert_final_update()
     return [str(a.id), str(b.id)]
+
+
+@app.task(bind=True, name="progress_app.quiet", ignore_result=True)
+def quiet(self: Any, count: int) -> int:
+    """Sections in a task whose result Celery does not store: otel_progress writes its own."""
+    updater = TaskUpdater()
+    for i in range(count):
+        with updater(task_name=f"quiet {i}"):
+            updater.notify(f"quiet {i}")
+    return count
