@@ -38,7 +38,6 @@ from otel_progress._payload import (
     ChildrenProgress,
     ProgressPayload,
     dumps,
-    encoded,
     from_celery,
     iso,
     parse_iso,
@@ -530,8 +529,10 @@ class TaskTarget:
     def _history(self, payload: ProgressPayload, *, final: bool) -> None:
         history_record(getattr(self.task, "app", None), self._row(payload, final=final))
 
-    def progress(self, state: str, payload: ProgressPayload, children: Sequence[str]) -> bool:
-        """Write running progress, unless a final state is already stored; True if written."""
+    def progress(self, state: str, payload: ProgressPayload, children: Sequence[str],
+                 text: str | None = None) -> bool:
+        """Write running progress, unless a final state is already stored; True if written.
+        ``text``: the payload's JSON when the caller has it (``_payload.build_text``)."""
         if not self.history_started:  # the run's start, off the task's thread
             self.history_started = True
             self._history(payload, final=False)
@@ -549,7 +550,7 @@ class TaskTarget:
                 _load_scripts(client)
             written = bool(client.script(
                 keys=[celery_key, own_key(self.task_id)],
-                args=[meta if client.json else b"", encoded(payload), _expires(backend)],
+                args=[meta if client.json else b"", text or dumps(payload), _expires(backend)],
             ))
             if written and not client.json:
                 client.client.set(celery_key, meta, ex=_expires(backend) or None)
@@ -564,7 +565,8 @@ class TaskTarget:
         interval, never the hot path). False where the backend has no keys (rpc://, database)."""
         return cancel_requested(self.task.backend, self.task_id)
 
-    def final(self, payload: ProgressPayload, children: Sequence[str]) -> None:
+    def final(self, payload: ProgressPayload, children: Sequence[str],
+              text: str | None = None) -> None:
         """The last write: our key (unless a later attempt of the task wrote it, on Redis);
         PROGRESS meta where the backend has no keys; then the run's history row, in the same
         script call where the default history shares the result backend's server."""
@@ -572,7 +574,7 @@ class TaskTarget:
         rode = False
         try:
             row = self._row(payload, final=True)
-            rode = self._final(payload, children, row)
+            rode = self._final(payload, children, row, text)
         finally:
             if row is not None and not rode:
                 history_record(getattr(self.task, "app", None), row)
@@ -591,7 +593,7 @@ class TaskTarget:
             and time.monotonic() >= _history_paused_until
 
     def _final(self, payload: ProgressPayload, children: Sequence[str],
-               row: Mapping[str, Any] | None) -> bool:
+               row: Mapping[str, Any] | None, text: str | None = None) -> bool:
         """Write the final payload; True if ``row`` went in the same call."""
         backend = self.task.backend
         client = _redis(backend)
@@ -600,7 +602,7 @@ class TaskTarget:
             if not client.loaded:
                 _load_scripts(client)
             riding = _riding_row(backend, row)
-            args: list[Any] = [encoded(payload), _expires(backend), payload["attempt"]]
+            args: list[Any] = [text or dumps(payload), _expires(backend), payload["attempt"]]
             if riding is not None:
                 rode = True  # a failing call is not retried as a separate history write
                 keys, arg = riding
@@ -628,7 +630,7 @@ class TaskTarget:
 class _Rider:
     """A task's final write waiting for Celery to store the task's state on the same thread."""
 
-    __slots__ = ("arg", "keys", "payload", "script", "target", "text")
+    __slots__ = ("arg", "keys", "payload", "script", "target")
 
     def __init__(self, target: TaskTarget, payload: ProgressPayload, script: Any,
                  keys: list[str], arg: list[Any]) -> None:
@@ -637,7 +639,6 @@ class _Rider:
         self.script = script
         self.keys = keys
         self.arg = arg
-        self.text = ""
 
 
 _riders = threading.local()
@@ -653,8 +654,8 @@ def _pending() -> dict[bytes, _Rider]:
     return pending
 
 
-def defer_final(target: TaskTarget, payload: ProgressPayload,
-                children: Sequence[str]) -> bool:
+def defer_final(target: TaskTarget, payload: ProgressPayload, children: Sequence[str],
+                text: str | None = None) -> bool:
     """Hand the final write to Celery's own store of the task's state: one MULTI/EXEC holds our
     final payload (and the history row), then Celery's state, so a reader never sees the state
     without the payload and the task end makes no round trip of its own. False where that
@@ -672,7 +673,7 @@ def defer_final(target: TaskTarget, payload: ProgressPayload,
     riding = _riding_row(backend, row)
     if riding is None and _history_choice is not False:
         return False  # a row that cannot ride: the ordinary final write records it
-    args: list[Any] = [encoded(payload), _expires(backend), payload["attempt"]]
+    args: list[Any] = [text or dumps(payload), _expires(backend), payload["attempt"]]
     if riding is not None:
         keys, arg = riding
         rider = _Rider(target, payload, client.final_row_script,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import threading
 import time
 from importlib import resources
 from typing import Any, Final, TypedDict
@@ -261,6 +260,19 @@ def build(run: Run, open_spans: list[OpenSpan] | None = None) -> ProgressPayload
     """The run's payload: bounded in size, never NaN, JSON-safe.
 
     ``open_spans`` (the publisher's, for the backend only) becomes the private part."""
+    return _fit(_build(run, open_spans))[0]
+
+
+def build_text(run: Run, open_spans: list[OpenSpan] | None = None,
+               ) -> tuple[ProgressPayload, str]:
+    """:func:`build` and the payload's JSON text (``dumps``): the size check encoded it already,
+    so a writer storing the payload right away does not encode it a second time."""
+    data = _build(run, open_spans)
+    payload, text = _fit(data)
+    return payload, text if text is not None else dumps(payload)
+
+
+def _build(run: Run, open_spans: list[OpenSpan] | None) -> ProgressPayload:
     with run.lock:
         now = time.time()
         percent, indeterminate = run.overall_percent()
@@ -307,7 +319,7 @@ def build(run: Run, open_spans: list[OpenSpan] | None = None) -> ProgressPayload
             data.setdefault(key, _json_safe(redact_value(key, value)))  # type: ignore[misc]
         if open_spans:
             data["_private"] = PrivatePart(open_spans=open_spans[:MAX_OPEN_SPANS])
-    return fit(data)
+    return data
 
 
 VOLATILE_KEYS: Final = frozenset({"updated", "elapsed_s", "rate", "eta_s"})
@@ -400,23 +412,13 @@ def _size(data: ProgressPayload) -> int:
     return len(dumps(data).encode("utf-8"))
 
 
-_encoded = threading.local()
-"""The text :func:`fit` measured of the payload it let through whole, on this thread."""
-
-
-def encoded(payload: ProgressPayload) -> str:
-    """``dumps(payload)``, without encoding it a second time when ``payload`` is the one that
-    :func:`build` just returned on this thread (its size check wrote that very text). For the
-    writers that store a payload right after building it, unchanged."""
-    last = getattr(_encoded, "last", None)
-    if last is not None and last[0] is payload:
-        _encoded.last = None
-        return str(last[1])
-    return dumps(payload)
-
-
 def fit(data: ProgressPayload) -> ProgressPayload:
     """Trim caller meta, then the log, then the tree until the payload is under the cap."""
+    return _fit(data)[0]
+
+
+def _fit(data: ProgressPayload) -> tuple[ProgressPayload, str | None]:
+    """:func:`fit`, and the JSON text it measured when it let the payload through whole."""
     try:
         text = dumps(data)
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
@@ -426,16 +428,15 @@ def fit(data: ProgressPayload) -> ProgressPayload:
             del data[key]  # type: ignore[misc]
         data["sections"] = []
         data["log"] = ""
-        return data
+        return data, None
     if size <= MAX_PAYLOAD_BYTES:
-        _encoded.last = (data, text)
-        return data
+        return data, text
     extra = [k for k in data if k not in _KNOWN_KEYS]
     for key in sorted(extra, key=lambda k: -len(dumps({k: data[k]}))):  # type: ignore[literal-required]
         value = data[key]  # type: ignore[literal-required]
         data[key] = safe_str(value, 200) if not isinstance(value, (int, float)) else value  # type: ignore[literal-required]
         if _size(data) <= MAX_PAYLOAD_BYTES:
-            return data
+            return data, None
     over = _size(data) - MAX_PAYLOAD_BYTES
     log = data["log"]
     if len(log) > over + 64:
@@ -452,7 +453,7 @@ def fit(data: ProgressPayload) -> ProgressPayload:
     private = data.get("_private")
     if private is not None and _size(data) > MAX_PAYLOAD_BYTES:
         private["open_spans"] = private["open_spans"][:4]
-    return data
+    return data, None
 
 
 # --- payloads without a run --------------------------------------------------------------------

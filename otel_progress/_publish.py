@@ -47,9 +47,11 @@ class Target(Protocol):
 
     label: str
 
-    def progress(self, state: str, payload: ProgressPayload, children: list[str]) -> bool: ...
+    def progress(self, state: str, payload: ProgressPayload, children: list[str],
+                 text: str | None = None) -> bool: ...
 
-    def final(self, payload: ProgressPayload, children: list[str]) -> None: ...
+    def final(self, payload: ProgressPayload, children: list[str],
+              text: str | None = None) -> None: ...
 
 
 class DuckTarget:
@@ -59,11 +61,13 @@ class DuckTarget:
         self.obj = obj
         self.label = safe_str(getattr(obj, "name", None) or type(obj).__name__)
 
-    def progress(self, state: str, payload: ProgressPayload, children: list[str]) -> bool:
+    def progress(self, state: str, payload: ProgressPayload, children: list[str],
+                 text: str | None = None) -> bool:
         self.obj.update_state(state=state, meta=payload)
         return True
 
-    def final(self, payload: ProgressPayload, children: list[str]) -> None:
+    def final(self, payload: ProgressPayload, children: list[str],
+              text: str | None = None) -> None:
         self.obj.update_state(state="PROGRESS", meta=payload)
 
 
@@ -100,8 +104,9 @@ class Publisher:
             try:
                 _spans.sync(run)
                 # Only our own key keeps the private part (TaskTarget strips it elsewhere).
-                payload = _payload.build(run, _spans.open_span_facts(run) if isinstance(
-                    self.target, _backend.TaskTarget) else None)
+                ours = isinstance(self.target, _backend.TaskTarget)
+                payload, text = _payload.build_text(run, _spans.open_span_facts(run) if ours
+                                                    else None)
             except Exception as exc:
                 internal_error("publish.payload", exc)
                 return
@@ -111,7 +116,7 @@ class Publisher:
             self.urgent = False
             self.last_write = now
             if self._write(lambda: self.target.progress(run.celery_state, payload,
-                                                        run.children)) is False:
+                                                        run.children, text)) is False:
                 # a final state is stored already (revoked, time limit): write nothing more
                 self.closed = True
                 _flusher.unregister(self)
@@ -156,11 +161,11 @@ class Publisher:
 
     def _final_locked(self, defer: bool = False) -> None:
         try:
-            payload = _payload.build(self.run, self.run.dying_spans or None)
+            payload, text = _payload.build_text(self.run, self.run.dying_spans or None)
             if defer and isinstance(self.target, _backend.TaskTarget) \
-                    and _backend.defer_final(self.target, payload, self.run.children):
+                    and _backend.defer_final(self.target, payload, self.run.children, text):
                 return  # written in Celery's own store of the task's state, or at its postrun
-            self._write(lambda: self.target.final(payload, self.run.children))
+            self._write(lambda: self.target.final(payload, self.run.children, text))
         except Exception as exc:
             internal_error("publish.final", exc)
 

@@ -66,6 +66,11 @@ def _monitor(redis_server: RedisServer) -> Iterator[list[dict[str, Any]]]:
         client.close()
 
 
+def _send(app: Any, name: str, *args: Any) -> Any:
+    """Through the test app itself: a shared task would follow whatever app is current."""
+    return app.app.send_task(name, args=args)
+
+
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,9 +95,10 @@ def test_the_final_payload_rides_in_the_transaction_that_stores_celerys_state(
         app: Any, worker: CeleryWorker, redis_server: RedisServer) -> None:
     """MULTI, our EVALSHA on the own key, Celery's SETEX and PUBLISH, EXEC: one connection, in
     a row; no other write of the final payload."""
-    app.sections.delay(1).get(timeout=30)  # the child's scripts are loaded: the steady state
+    # the child's scripts are loaded: the steady state
+    _send(app, "progress_app.sections", 1).get(timeout=30)
     with _monitor(redis_server) as seen:
-        result = app.sections.delay(3)
+        result = _send(app, "progress_app.sections", 3)
         assert 3 == result.get(timeout=30)
         meta_key = f"celery-task-meta-{result.id}"
         _wait(lambda: any(meta_key in str(c.get("command")) for c in list(seen)), 10,
@@ -121,7 +127,7 @@ def test_the_final_payload_rides_in_the_transaction_that_stores_celerys_state(
 def test_a_task_whose_result_celery_ignores_still_gets_its_final_payload(
         app: Any, worker: CeleryWorker, redis_server: RedisServer) -> None:
     """ignore_result=True: Celery stores nothing, the final payload is written at postrun."""
-    result = app.quiet.delay(2)
+    result = _send(app, "progress_app.quiet", 2)
     client = redis_server.client()
 
     def final() -> bool:
@@ -143,10 +149,10 @@ def test_a_flushed_script_cache_loses_neither_the_result_nor_the_final_payload(
     riding EVALSHA fails with NOSCRIPT inside Celery's transaction, Celery's state is stored
     all the same, and the final payload is written on its own right after (this once: a reader
     in between gets the payload closed from Celery's state, as after a lost worker)."""
-    app.sections.delay(1).get(timeout=30)
+    _send(app, "progress_app.sections", 1).get(timeout=30)
     client = redis_server.client()
     client.script_flush()
-    result = app.sections.delay(2)
+    result = _send(app, "progress_app.sections", 2)
     assert 2 == result.get(timeout=30)
 
     def final() -> bool:  # written right after Celery's state, not with it, this once
@@ -157,7 +163,7 @@ def test_a_flushed_script_cache_loses_neither_the_result_nor_the_final_payload(
     payload = get_progress(result.id, app=app.app)
     assert payload is not None
     assert ("succeeded", True) == (payload["state"], payload["finished"])
-    again = app.sections.delay(1)  # the scripts are loaded again: the next one rides
+    again = _send(app, "progress_app.sections", 1)  # the scripts are loaded again: it rides
     assert 1 == again.get(timeout=30)
     later = get_progress(again.id, app=app.app)
     assert later is not None and later["finished"]
