@@ -438,8 +438,23 @@ def _connection_key(backend: Any) -> str:
     return str(key)
 
 
+_generation = 0
+"""Bumped in a forked child: a client remembered on a backend object from before is not its."""
+
+
 def _redis(backend: Any) -> _Redis | None:
-    """Our client for ``backend`` when it is a plain Redis backend, else None."""
+    """Our client for ``backend`` when it is a plain Redis backend, else None (remembered on
+    the backend object: a task end asks several times, and the checks cost ~3 us each)."""
+    remembered = getattr(backend, "_otel_progress_client", None)
+    if remembered is not None and remembered[0] == _generation:
+        return cast(_Redis | None, remembered[1])
+    client = _client_for(backend)
+    with contextlib.suppress(Exception):  # a backend class with __slots__: ask again next time
+        backend._otel_progress_client = (_generation, client)
+    return client
+
+
+def _client_for(backend: Any) -> _Redis | None:
     if not is_plain_redis(backend):
         return None
     key = _connection_key(backend)
@@ -460,7 +475,8 @@ def _redis(backend: Any) -> _Redis | None:
 
 def reset_after_fork() -> None:
     """A forked child must not share the parent's sockets."""
-    global _clients_lock, _pool, _queued_paused_until
+    global _clients_lock, _pool, _queued_paused_until, _generation
+    _generation += 1
     _clients.clear()
     _clients_lock = threading.Lock()
     _pool = None
