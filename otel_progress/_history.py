@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final, TypedDict
 
-from otel_progress._payload import SCHEMA_VERSION, iso, parse_iso
+from otel_progress._payload import COMPACT, SCHEMA_VERSION, iso, parse_iso
 from otel_progress._safety import MAX_NAME, safe_str
 
 STATES: Final = ("queued", "running", "retrying", "succeeded", "failed", "revoked")
@@ -347,7 +347,7 @@ are touched only for the row's old and new state."""
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return COMPACT.encode(value)
 
 
 class RedisHistory:

@@ -250,9 +250,14 @@ def schema() -> dict[str, Any]:
     return result
 
 
+COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""One encoder for every compact JSON text (``json.dumps`` with options builds one per call,
+~1.6 us, a dozen times per task end)."""
+
+
 def dumps(payload: ProgressPayload | dict[str, Any]) -> str:
     """Compact JSON, the form that is stored and measured against MAX_PAYLOAD_BYTES."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return COMPACT.encode(payload)
 
 
 # --- the builder -------------------------------------------------------------------------------
