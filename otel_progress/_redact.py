@@ -158,9 +158,23 @@ def _warn(why: str) -> None:
         _log.warning("otel_progress: the redact callable %s; the text is withheld whole", why)
 
 
+_secret_keys: dict[str, bool] = {}
+"""Keys asked about lately: span attributes repeat the same few dozen names, and the exporter
+asks for every attribute of every span (a regex search each was ~12 % of the export thread)."""
+
+
 def is_secret_key(key: object) -> bool:
     """Whether a mapping key names a secret (its value is then withheld whole)."""
-    return isinstance(key, str) and SECRET_KEY.search(key) is not None
+    if not isinstance(key, str):
+        return False
+    known = _secret_keys.get(key)
+    if known is None:
+        known = SECRET_KEY.search(key) is not None
+        if len(key) <= _MEMO_TEXT:
+            if len(_secret_keys) >= _MEMO_SIZE:
+                _secret_keys.clear()
+            _secret_keys[key] = known
+    return known
 
 
 def redact_value(key: object, value: Any) -> Any:

@@ -19,3 +19,19 @@ def test_repeated_texts_redact_as_a_fresh_scan_and_the_memo_stays_bounded() -> N
         assert default_redact(f"step {i} api_key={i}") == redact(f"step {i} api_key={i}")
     assert len(_redact._memo) <= _redact._MEMO_SIZE
     assert all(len(key) <= _redact._MEMO_TEXT for key in _redact._memo)
+
+
+def test_secret_key_answers_are_remembered_exactly_and_the_memo_stays_bounded() -> None:
+    """A key asked twice gets the regex's answer both times; 2,000 distinct keys keep at most
+    _MEMO_SIZE answers; a non-string key is never a secret key."""
+    keys = ["otel_progress.percent", "password", "db.connection_string", "api_key",
+            "Authorization", "task.name", "x" * 400 + ".token"]
+    fresh = [_redact.SECRET_KEY.search(k) is not None for k in keys]
+    assert fresh == [_redact.is_secret_key(k) for k in keys] == [_redact.is_secret_key(k)
+                                                                  for k in keys]
+    assert [False, True, False, True, True, False, True] == fresh
+    for i in range(2_000):
+        key = f"attr.{i}.secret" if i % 2 else f"attr.{i}"
+        assert (i % 2 == 1) == _redact.is_secret_key(key) == _redact.is_secret_key(key)
+    assert len(_redact._secret_keys) <= _redact._MEMO_SIZE
+    assert not _redact.is_secret_key(42)
