@@ -1616,7 +1616,8 @@ def taskcost_rows(res: dict[str, Any]) -> list[Row]:
             [o * 1e6 for o in ours], unit=" µs",
             note=f"by hand {us(hand) * 1e6:.0f} µs, celery-progress {us(cp) * 1e6:.0f} µs; of "
                  f"ours, fixed per task: payload build {us(v['build']) * 1e6:.0f} µs, one Redis "
-                 f"round trip {us(v['round_trip']) * 1e6:.0f} µs CPU (queued + final: two)"),
+                 f"round trip {us(v['round_trip']) * 1e6:.0f} µs CPU (eager: the final write "
+                 f"is its own round trip; in a worker it rides in Celery's store)"),
         row("6", "task_cpu_cp", "the same: celery-progress's added CPU / otel_progress's",
             "otel_progress's", ratios(cp, ours), note="5 result-backend writes per task"),
     ]
