@@ -256,6 +256,7 @@ if attempt == 0 then attempt = cur_attempt or 1 end
 local wins = (cur_attempt == nil) or attempt > cur_attempt
   or (attempt == cur_attempt and rank >= (cur_rank or -1))
 local set = {}
+local fresh = cur_attempt == nil and not first_s  -- no row yet: nothing to read back below
 if not first_s then
   first_s = c['now']
   set[#set + 1] = '_first'; set[#set + 1] = first_s
@@ -271,7 +272,9 @@ if wins then
   for _, kv in ipairs(c['apply']) do set[#set + 1] = kv[1]; set[#set + 1] = kv[2] end
   if c['end'] ~= '' then set[#set + 1] = '_end'; set[#set + 1] = c['end'] end
 end
-if #c['fill'] > 0 then
+if fresh then
+  for _, kv in ipairs(c['fill']) do set[#set + 1] = kv[1]; set[#set + 1] = kv[2] end
+elseif #c['fill'] > 0 then
   local names = {}
   for k, kv in ipairs(c['fill']) do names[k] = kv[1] end
   local have = redis.call('HMGET', h, unpack(names))
@@ -285,19 +288,34 @@ if c['start'] ~= '' and ((not start_s) or tonumber(c['start']) < tonumber(start_
   set[#set + 1] = '_start'; set[#set + 1] = start_s
   set[#set + 1] = 'start'; set[#set + 1] = cjson.encode(c['start_iso'])
 end
-if #set > 0 then redis.call('HSET', h, unpack(set)) end
-local end_s = redis.call('HGET', h, '_end')
-if start_s and end_s then
-  local d = tonumber(end_s) - tonumber(start_s)
-  if d < 0 then d = 0 end
-  redis.call('HSET', h, 'duration_s', string.format('%.3f', d))
-end
 local names = {'task_name', 'state', 'attempt', 'start', 'end', 'duration_s', 'jobs_finished',
                'jobs_total', 'exc_type', 'exc_message', 'trace_id', 'parent_id', 'log'}
-local vals = redis.call('HMGET', h, unpack(names))
+local vals = {}
+if fresh then  -- the row is what this change sets: one HSET, nothing read back
+  local m = {}
+  for i = 1, #set, 2 do m[set[i]] = set[i + 1] end
+  if start_s and m['_end'] then
+    local d = tonumber(m['_end']) - tonumber(start_s)
+    if d < 0 then d = 0 end
+    m['duration_s'] = string.format('%.3f', d)
+    set[#set + 1] = 'duration_s'; set[#set + 1] = m['duration_s']
+  end
+  for k, n in ipairs(names) do vals[k] = m[n] end
+else
+  if #set > 0 then redis.call('HSET', h, unpack(set)) end
+  set = {}
+  local end_s = redis.call('HGET', h, '_end')
+  if start_s and end_s then
+    local d = tonumber(end_s) - tonumber(start_s)
+    if d < 0 then d = 0 end
+    redis.call('HSET', h, 'duration_s', string.format('%.3f', d))
+  end
+  vals = redis.call('HMGET', h, unpack(names))
+end
 local parts = {'{"task_id":' .. cjson.encode(id)}
 for k, n in ipairs(names) do parts[#parts + 1] = '"' .. n .. '":' .. (vals[k] or 'null') end
-redis.call('HSET', h, 'row', table.concat(parts, ',') .. '}')
+set[#set + 1] = 'row'; set[#set + 1] = table.concat(parts, ',') .. '}'
+redis.call('HSET', h, unpack(set))
 local key_s = start_s or first_s
 local retention = tonumber(c['retention'])
 local prefix = c['prefix']
