@@ -71,8 +71,8 @@ class Node:
 
     __slots__ = (
         "__weakref__", "_children_head", "_children_tail", "_omitted", "current", "depth",
-        "end", "error", "error_type", "explicit_pct", "has_children", "interrupted", "mark",
-        "name", "parent", "span", "start", "state", "total",
+        "end", "error", "error_type", "event_attrs", "explicit_pct", "has_children",
+        "interrupted", "mark", "name", "parent", "span", "start", "state", "total",
     )
 
     def __init__(self, name: str, parent: Node | None, span: Any = None) -> None:
@@ -80,6 +80,7 @@ class Node:
         self.parent = parent
         self.depth: int = 0 if parent is None else parent.depth + 1
         self.span = span  # an OpenTelemetry span, handled by _spans only
+        self.event_attrs: tuple[Any, ...] | None = None  # _spans' memo of the event attributes
         self.start = time.time()
         self.end: float | None = None
         self.state: SectionState = RUNNING
@@ -129,9 +130,14 @@ class Node:
             if current.__class__ is int and current > MAX_INT:
                 current = MAX_INT
             try:
-                pct = clamp_percent(current / total * 100.0)
+                pct = current / total * 100.0  # a float: clamp_percent, inline (every notify)
             except (TypeError, ZeroDivisionError, OverflowError, ValueError):
                 pct = None
+            else:
+                if pct < 0.0:
+                    pct = 0.0
+                elif pct > 100.0:
+                    pct = 100.0
         if pct is not None and pct > self.mark:
             self.mark = pct
         return self.mark if self.mark >= 0.0 else None
