@@ -35,6 +35,11 @@ _now: Final = time.time
 _NEAR_HALF: Final = 0.49999
 """Percents 0..100 scaled by 100 carry an error far below 1e-5: a fraction farther than this
 from .5 rounds to the same hundredth as ``round(percent, 2)``, which rounds the exact value."""
+_BELOW_HALF: Final = -_NEAR_HALF
+_HUNDRED: Final = 100
+"""``update()``'s default total: CPython has one object for each small int, so ``total is
+_HUNDRED`` is the cheapest test that the default needs no check."""
+_ONE: Final = 1
 
 
 class Observer:
@@ -131,32 +136,46 @@ class Observer:
         Percent is ``current / total`` clamped to 0..100.
         """
         # The hot path: no span call unless the message changed (the flusher and the run's end
-        # push the progress attributes), plain compares instead of min()/max(), one dict.
+        # push the progress attributes), identity tests for the defaults before the general
+        # checks, plain compares instead of min()/max(), one dict.
         try:
-            if total.__class__ is not int or not 0 < total <= MAX_INT:  # 10**400 clamps
+            if total is not _HUNDRED and (
+                    total.__class__ is not int or not 0 < total <= MAX_INT):  # 10**400 clamps
                 num = as_number(total, "Observer.update(total=)", self)
                 total = abs(num) if num else 100
             if current is not None:
                 self.pos = current
+                cur = self._pos
             elif increment:
-                if step.__class__ is int and 0 < step <= MAX_INT:
-                    pos = self._pos + step
-                    self._pos = pos if pos <= MAX_INT else MAX_INT
+                if step is _ONE or (step.__class__ is int and 0 < step <= MAX_INT):
+                    cur = self._pos + step
+                    if cur > MAX_INT:
+                        cur = MAX_INT
                 else:
                     num = as_number(step, "Observer.update(step=)", self)
-                    self._pos = min(self._pos + (abs(num) if num else 1), MAX_INT)
-            cur = self._pos
-            percent = cur * 100.0 / total
-            if percent >= 100.0:
-                percent = 100.0
-            else:  # round(percent, 2) costs ~0.3 us; this is the same float, ~4x cheaper
-                scaled = percent * 100.0
-                hundredths = int(scaled + 0.5)
-                if -_NEAR_HALF < scaled - hundredths < _NEAR_HALF:
-                    percent = hundredths / 100.0
-                else:  # within rounding error of a ...5: only round() knows the exact side
-                    percent = round(percent, 2)
-            if args or msg.__class__ is not str or len(msg) > MAX_MESSAGE:
+                    cur = min(self._pos + (abs(num) if num else 1), MAX_INT)
+                self._pos = cur
+            else:
+                cur = self._pos
+            if total is _HUNDRED and cur.__class__ is int:
+                # cur * 100.0 / 100 is float(cur) exactly below 100, and rounds to itself
+                percent = cur + 0.0 if cur < 100 else 100.0
+            else:
+                percent = cur * 100.0 / total
+                if percent >= 100.0:
+                    percent = 100.0
+                else:  # round(percent, 2) costs ~0.3 us; this is the same float, ~4x cheaper
+                    scaled = percent * 100.0
+                    hundredths = (scaled + 0.5) // 1.0
+                    if _BELOW_HALF < scaled - hundredths < _NEAR_HALF:
+                        percent = hundredths / 100.0
+                    else:  # within rounding error of a ...5: only round() knows the exact side
+                        percent = round(percent, 2)
+            last = self._last_msg
+            repeated = msg is last and not args  # the text it was: nothing to format or show
+            if repeated:
+                text: str = last  # type: ignore[assignment]  # `last` is `msg`: not None
+            elif args or msg.__class__ is not str or len(msg) > MAX_MESSAGE:
                 text = format_message(msg, args)
             else:
                 text = msg
@@ -176,17 +195,18 @@ class Observer:
             node.current = cur
             node.total = total
             run.last_progress = _now()
-            if state != run.celery_state and state not in _TERMINAL:
+            if state is not run.celery_state and state != run.celery_state \
+                    and state not in _TERMINAL:
                 run.celery_state = state if state.__class__ is str else PROGRESS
-            if text != self._last_msg:
+            if repeated or text == last:
+                run.description = self._last_shown
+                if run.ends_on_drop and not run.owns_span:
+                    _spans.observer_progress(run, None, percent, cur, total)
+            else:
                 self._last_msg = text
                 self._last_shown = redact(safe_str(text))  # what leaves the process
                 run.description = self._last_shown
                 _spans.observer_progress(run, self._last_shown, percent, cur, total)
-            else:
-                run.description = self._last_shown
-                if run.ends_on_drop and not run.owns_span:
-                    _spans.observer_progress(run, None, percent, cur, total)
             return state, data
         except Exception as exc:
             internal_error("Observer.update", exc)

@@ -303,9 +303,11 @@ class TaskUpdater:
             internal_error("TaskUpdater.progress", exc)
 
     def advance(self, step: int | float = 1) -> None:
-        """Add ``step`` to the innermost section's ``current`` (the hot path: counters only)."""
+        """Add ``step`` to the innermost section's ``current`` (the hot path: counters only).
+
+        ``step=None`` is the default step, 1."""
         node = self._innermost()
-        if step is _ONE:  # +1 cannot fail on the int or float a counter holds
+        if step is _ONE or step is None:  # +1 cannot fail on the int or float a counter holds
             node.current += 1
         else:
             _advance_by(node, step, self._current)
@@ -384,11 +386,13 @@ class TaskUpdater:
 
 def _advancer(innermost: Callable[[], Node], owner: object) -> Callable[..., None]:
     """``TaskUpdater.advance`` as a closure over the updater's ContextVar. It holds no reference
-    to the updater, so dropping the updater still ends its run at once (no reference cycle)."""
-    one = _ONE
+    to the updater, so dropping the updater still ends its run at once (no reference cycle).
 
-    def advance(step: int | float = 1) -> None:
-        if step is one:  # advance(): +1 cannot fail on the int or float a counter holds
+    Its default step is None (meaning 1): ``is None`` is one bytecode instruction in CPython,
+    where ``step is 1`` would be three (load, compare, jump), a tenth of the call's cost."""
+
+    def advance(step: int | float | None = None) -> None:
+        if step is None:  # advance(): +1 cannot fail on the int or float a counter holds
             innermost().current += 1
         else:
             _advance_by(innermost(), step, owner)

@@ -216,33 +216,50 @@ def end_section(run: Run, node: Node, exc: BaseException | None) -> None:
         elif node.state == FAILED:
             attrs[A.ERROR_TYPE] = node.error_type or "Terminated"
             span.set_status(Status(StatusCode.ERROR, node.error or node.error_type))
-        span.set_attributes(attrs)
+        if len(attrs) == 1:  # the state alone (most sections): the SDK cleans one value
+            span.set_attribute(A.SECTION_STATE, node.state)  # instead of a whole mapping
+        else:
+            span.set_attributes(attrs)
     if span is not None:
         span.end(end_time=int(end * 1e9))
+        # Nothing reads an ended section's span: the tree keeps its first and last nodes, and
+        # without this each of them would hold its span (events and all) alive with it.
+        node.span = None
+        node.event_attrs = None
     _metrics.record_section(run.task_name, node.name, node.state, end - node.start)
 
 
 # --- events --------------------------------------------------------------------------------------
 def notify(node: Node, text: str, attributes: dict[str, Any] | None) -> None:
-    """A notification: an event named by the message, with the progress attributes."""
+    """A notification: an event named by the message, with the progress attributes.
+
+    Notifications mostly come between progress changes: the attributes are kept on the node
+    with what they were made from (the counters and the never-backwards mark, by identity) and
+    reused while those are the same objects. The SDK copies an event's attributes, so one dict
+    serves every event."""
     span: Span = node.span
     if span is None or not span.is_recording():
         return
-    if node.total is not None or node.current or node.explicit_pct is not None \
+    memo = node.event_attrs
+    if memo is not None and memo[0] is node.current and memo[1] is node.total \
+            and memo[2] is node.explicit_pct and memo[3] is node.mark:
+        attrs: dict[str, Any] = memo[4]
+    elif node.total is not None or node.current or node.explicit_pct is not None \
             or node.mark >= 0.0:  # it reported progress: counters() has something
-        current, total, pct = _progress(node)
-        attrs: dict[str, Any] = {}
+        made_from = node.current, node.total, node.explicit_pct
+        current, total, pct = _progress(node)  # may raise the mark: memoised after it
+        attrs = {}
         if current is not None:
             attrs[A.CURRENT] = current
         if pct is not None:
             attrs[A.PERCENT] = pct
         if total is not None:
             attrs[A.TOTAL] = total
-        if attributes:
-            attrs.update(attributes)
-        span.add_event(text or "progress", attrs)
+        node.event_attrs = (*made_from, node.mark, attrs)
     else:  # nothing reported yet: no progress attributes to carry
         span.add_event(text or "progress", attributes)
+        return
+    span.add_event(text or "progress", {**attrs, **attributes} if attributes else attrs)
 
 
 def observer_progress(run: Run, text: str | None, percent: float, current: int | float,

@@ -143,6 +143,16 @@ def test_advance_keeps_floats_and_refuses_bools() -> None:
         assert 5.5 == node.current
 
 
+def test_advance_none_is_the_default_step() -> None:
+    """advance(None) counts one step, like advance(), on the closure and on the method."""
+    updater = TaskUpdater(task_name="counts")
+    with updater(task_name="loop"):
+        updater.advance(None)
+        TaskUpdater.advance(updater, None)
+        TaskUpdater.advance(updater)
+        assert 3 == updater._innermost().current
+
+
 @pytest.mark.parametrize(("current", "total"), [
     (1, 3), (2, 3), (1, 7), (5, 8), (1, 200), (1005, 100_000), (2675, 1000), (1, 1),
     (0, 10), (33_333, 100_000),

@@ -1,0 +1,76 @@
+"""The bounded seed log: the text it keeps is the plain head + marker + tail rule's, exactly."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otel_progress._log import HEAD_CHARS, TAIL_CHARS, BoundedLog
+
+
+class _Reference:
+    """The rule written plainly: each line with its newline, evicted one append at a time."""
+
+    def __init__(self) -> None:
+        self.head: list[str] = []
+        self.head_chars = 0
+        self.tail: deque[str] = deque()
+        self.tail_chars = 0
+        self.omitted = 0
+
+    def append(self, line: str) -> None:
+        entry = line + "\n"
+        if not self.tail and self.head_chars + len(entry) <= HEAD_CHARS:
+            self.head.append(entry)
+            self.head_chars += len(entry)
+            return
+        self.tail.append(entry)
+        self.tail_chars += len(entry)
+        while self.tail_chars > TAIL_CHARS and len(self.tail) > 1:
+            self.tail_chars -= len(self.tail.popleft())
+            self.omitted += 1
+
+    def text(self) -> str:
+        marker = [f"\t… {self.omitted} lines omitted …\n"] if self.omitted else []
+        return "".join([*self.head, *marker, *self.tail])
+
+
+LINES = st.one_of(
+    st.text(max_size=40),
+    # long lines, some longer than the tail budget on its own (built, not drawn char by char:
+    # hypothesis draws at most a few KiB per example)
+    st.builds(lambda char, size: char * size, st.sampled_from("x\u00e9\n\t"),
+              st.integers(0, 2 * TAIL_CHARS)),
+    st.sampled_from(["\t - step", "\t\tSuccessfully completed", "\t\tTime spent: 0h0m",
+                     "\t\tSee error message:\n<class 'ZeroDivisionError'>: division by zero"]),
+)
+OPS = st.lists(st.one_of(st.tuples(LINES), st.tuples(LINES, LINES)), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=OPS)
+def test_the_log_keeps_the_reference_rules_text(ops: list[tuple[str, ...]]) -> None:
+    """Any mix of one- and two-line appends gives the reference's text, marker and count."""
+    log, reference = BoundedLog(), _Reference()
+    for op in ops:
+        if len(op) == 1:
+            log.append(op[0])
+        else:
+            log.append2(*op)
+        for line in op:
+            reference.append(line)
+    assert reference.text() == log.text()
+    assert reference.omitted == log.omitted
+    assert reference.text().splitlines() == log.lines()
+
+
+def test_a_million_lines_keep_the_log_bounded() -> None:
+    """Past the head, the tail budget holds: the text stays under head + tail + a marker."""
+    log = BoundedLog()
+    for i in range(100_000):
+        log.append(f"\tnotification {i}")
+    text = log.text()
+    assert text.endswith("\tnotification 99999\n")
+    assert len(text) <= HEAD_CHARS + TAIL_CHARS + 100
