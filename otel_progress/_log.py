@@ -1,11 +1,16 @@
 """The seed's readable run log, bounded: the head and a tail are kept, the middle is counted.
 
 A task that notifies a million times must not grow memory or the payload: lines go into a head
-buffer until it is full, then into a tail ring whose character budget evicts the oldest lines.
+buffer until it is full, then into a tail whose character budget drops the oldest lines.
 
-Lines are kept without their newline (each counts one character for it in the budgets) and the
-newlines are added when the log is read: a line costs no string concatenation when it is made,
-which is on every section and notification.
+Every line of the seed's log is indented by at least one tab. Lines are kept without that tab
+and without their newline (each still counts both in the budgets), and both are added when the
+log is read: a notification's line is its text itself, with no string made on the hot path.
+
+The tail is cut to its budget when the log is read, and by the writer only once it holds twice
+the budget: an append is then one ``deque.append``. Cutting after many lines keeps what cutting
+after each line keeps (the longest run of newest lines that fits, at least one line), so the
+text is the same; memory stays bounded by twice the budget.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ HEAD_CHARS: Final = 2048
 """Characters of the log's beginning that are always kept."""
 TAIL_CHARS: Final = 4096
 """Characters of the log's end that are always kept."""
+INDENT: Final = "\t"
+"""What begins every line: :meth:`BoundedLog.add` takes a line without it."""
+_CUT_AT: Final = 2 * TAIL_CHARS
+"""Tail characters at which the writer cuts the tail to its budget."""
 
 
 class BoundedLog:
-    """Append-only text log with bounded memory: ``head + marker + tail``."""
+    """Append-only text log with bounded memory: ``head + marker + tail``.
+
+    One thread writes (the run's); any thread may read: reading never changes the log."""
 
     __slots__ = ("_head", "_head_chars", "_omitted", "_tail", "_tail_chars")
 
@@ -30,59 +41,76 @@ class BoundedLog:
         self._tail: deque[str] = deque()
         self._tail_chars = 0
         self._omitted = 0
+        """Lines cut from the tail by the writer (a read adds the ones it would cut now)."""
 
-    def append(self, line: str) -> None:
-        """Add one line (without its newline)."""
-        size = len(line) + 1
+    def add(self, rest: str) -> None:
+        """Add the line ``INDENT + rest`` (``rest`` without its newline)."""
         tail = self._tail
-        if not tail and self._head_chars + size <= HEAD_CHARS:
-            self._head.append(line)
+        if tail:  # past the head: every line of a long task comes here
+            tail.append(rest)
+            chars = self._tail_chars = self._tail_chars + len(rest) + 2  # indent, newline
+            if chars > _CUT_AT:
+                self._cut()
+            return
+        size = len(rest) + 2
+        if self._head_chars + size <= HEAD_CHARS:
+            self._head.append(rest)
             self._head_chars += size
             return
-        tail.append(line)
-        chars = self._tail_chars + size
-        if chars > TAIL_CHARS:  # inline, not a helper: in a long task every line evicts one
-            popleft = tail.popleft
-            while chars > TAIL_CHARS and len(tail) > 1:
-                chars -= len(popleft()) + 1
-                self._omitted += 1
-        self._tail_chars = chars
+        tail.append(rest)
+        self._tail_chars = size
 
-    def append2(self, first: str, second: str) -> None:
-        """Add two lines: the same log as two :meth:`append` calls, in one call.
-
-        Evicting once after both lines leaves the same tail as evicting after each: the oldest
-        lines go first either way, until the tail fits (or one line is left)."""
-        if not self._tail:  # the head fills line by line
-            self.append(first)
-            self.append(second)
-            return
+    def add2(self, first: str, second: str) -> None:
+        """Add two lines: the same log as two :meth:`add` calls, in one call."""
         tail = self._tail
+        if not tail:  # the head fills line by line
+            self.add(first)
+            self.add(second)
+            return
         tail.append(first)
         tail.append(second)
-        chars = self._tail_chars + len(first) + len(second) + 2
-        if chars > TAIL_CHARS:
-            popleft = tail.popleft
-            while chars > TAIL_CHARS and len(tail) > 1:
-                chars -= len(popleft()) + 1
-                self._omitted += 1
+        chars = self._tail_chars = self._tail_chars + len(first) + len(second) + 4
+        if chars > _CUT_AT:
+            self._cut()
+
+    def _cut(self) -> None:
+        """Drop the oldest tail lines until the tail fits its budget (one line is kept)."""
+        tail = self._tail
+        popleft = tail.popleft
+        chars = self._tail_chars
+        dropped = 0
+        while chars > TAIL_CHARS and len(tail) > 1:
+            chars -= len(popleft()) + 2
+            dropped += 1
         self._tail_chars = chars
+        self._omitted += dropped
+
+    def _view(self) -> tuple[list[str], int]:
+        """The tail lines the budget keeps and the lines omitted, without changing the log."""
+        omitted = self._omitted
+        lines = list(self._tail)  # one C call: a consistent copy while the writer appends
+        chars = sum(map(len, lines)) + 2 * len(lines)
+        first = 0
+        while chars > TAIL_CHARS and len(lines) - first > 1:
+            chars -= len(lines[first]) + 2
+            first += 1
+        return lines[first:], omitted + first
 
     @property
     def omitted(self) -> int:
         """Lines dropped from the middle."""
-        return self._omitted
+        return self._view()[1]
 
     def text(self) -> str:
         """The log as one string, with a marker line where lines were dropped."""
+        tail, omitted = self._view()
         parts = list(self._head)
-        if self._omitted:
-            parts.append(f"\t… {self._omitted} lines omitted …")
-        parts.extend(self._tail)
+        if omitted:
+            parts.append(f"… {omitted} lines omitted …")
+        parts.extend(tail)
         if not parts:
             return ""
-        parts.append("")  # the last line's newline
-        return "\n".join(parts)
+        return INDENT + "\n\t".join(parts) + "\n"
 
     def lines(self) -> list[str]:
         """The kept lines (marker included), without newlines."""

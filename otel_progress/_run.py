@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any, Final, Literal
 
-from otel_progress._log import BoundedLog
+from otel_progress._log import INDENT, BoundedLog
 from otel_progress._safety import (
     MAX_INT,
     clamp_percent,
@@ -215,6 +215,8 @@ class Run:
         self.ends_on_drop = celery_task_id is None
         """Nobody ends this run at a task end: its facade does when it is dropped."""
         self.node = Node(task_name, None)
+        self._last_line = ("", " - ")
+        """The last section name and its log line (" - " + name): made once for a loop's."""
         self.dying_spans: list[Any] = []
         """Open spans of a run whose process is being killed (SIGTERM before SIGKILL): left
         unended, listed in the final payload's private part for the main process to end."""
@@ -234,10 +236,13 @@ class Run:
                 self.open_top[node] = node
         finally:
             lock.release()
-        line = "\t - " + name
-        self.log.append(line)
+        last_name, rest = self._last_line  # one tuple: threads never see a torn pair
+        if name is not last_name:  # a loop's sections share their (redacted) name object
+            rest = " - " + name
+            self._last_line = (name, rest)
+        self.log.add(rest)  # not through _log: one call less on every section
         if self.verbose:
-            logger.info("%s", line)
+            logger.info("%s", INDENT + rest)
         self.last_progress = node.start
         return node
 
@@ -281,18 +286,21 @@ class Run:
         lock.acquire()
         try:
             if node.interrupted is not None:
-                self._log2(f"\t\tInterrupted: {node.interrupted}", spent)
+                self._log2(f"\tInterrupted: {node.interrupted}", spent)
             elif node.state == FAILED:
-                self._log2("\t\tFailed", spent)
+                self._log2("\tFailed", spent)
                 if counted_here:
                     self.failed = True
                     self.jobs_total += 1
                     if exc is not None:
-                        self._log("\t\tSee error message:\n" + exception_class_line(exc))
+                        self._log("\tSee error message:\n" + exception_class_line(exc))
             elif not node.has_children:
                 self.jobs_total += 1
                 self.jobs_finished += 1
-                self._log2("\t\tSuccessfully completed", spent)
+                self.log.add2(_SUCCEEDED_LINE, spent)  # not through _log2: one call less
+                if self.verbose:
+                    logger.info("%s", INDENT + _SUCCEEDED_LINE)
+                    logger.info("%s", INDENT + spent)
             self._open_all.pop(node, None)
             if node.parent is self.node:
                 self.open_top.pop(node, None)
@@ -307,16 +315,17 @@ class Run:
         with self.lock:
             return sorted(self._open_all.values(), key=lambda n: -n.depth)
 
-    def _log(self, line: str) -> None:
-        self.log.append(line)
+    def _log(self, rest: str) -> None:
+        """The log line ``INDENT + rest`` (every line of the seed's log begins with a tab)."""
+        self.log.add(rest)
         if self.verbose:
-            logger.info("%s", line)
+            logger.info("%s", INDENT + rest)
 
     def _log2(self, first: str, second: str) -> None:
-        self.log.append2(first, second)
+        self.log.add2(first, second)
         if self.verbose:
-            logger.info("%s", first)
-            logger.info("%s", second)
+            logger.info("%s", INDENT + first)
+            logger.info("%s", INDENT + second)
 
     def remember_exception(self, exc: BaseException) -> None:
         """Keep ``exc`` as the run's latest exception (payload keys, the run span's error.type)."""
@@ -338,10 +347,9 @@ class Run:
         """A notification: the latest description and a log line."""
         self.description = text
         self.last_progress = time.time()
-        line = "\t" + text
-        self.log.append(line)
+        self.log.add(text)  # the line INDENT + text, made when the log is read
         if self.verbose:
-            logger.info("%s", line)
+            logger.info("%s", INDENT + text)
 
     # --- finishing -----------------------------------------------------------------------------
     def finish(self, *, outcome: RunState | None = None, complete: bool = True,
@@ -368,7 +376,7 @@ class Run:
                 self.state = FAILED if self.failed else SUCCEEDED
             if final_line:
                 self._log(
-                    f"\tTask Finished - {self.jobs_finished} out of {self.jobs_total} jobs finished"
+                    f"Task Finished - {self.jobs_finished} out of {self.jobs_total} jobs finished"
                 )
         return True
 
@@ -428,10 +436,11 @@ class Run:
 
 
 def _time_spent(seconds: float) -> str:
-    """The seed's ``Time spent: 0h0m`` line."""
+    """The seed's ``Time spent: 0h0m`` line (without the indent :class:`BoundedLog` adds)."""
     secs = int(seconds)
-    return f"\t\tTime spent: {secs // 3600}h{(secs // 60) % 60}m"
+    return f"\tTime spent: {secs // 3600}h{(secs // 60) % 60}m"
 
 
+_SUCCEEDED_LINE: Final = "\tSuccessfully completed"
 _SPENT_UNDER_A_MINUTE: Final = _time_spent(0.0)
 """What ``_time_spent`` gives for -1 < seconds < 60 (``int()`` truncates to 0): most sections'."""

@@ -52,64 +52,27 @@ the cheapest test that the common call needs no checks."""
 class Section:
     """A section context manager (sync and async) and decorator, made by ``updater(...)``."""
 
-    __slots__ = ("_entered", "_name", "_updater")
+    __slots__ = ("_name", "_node", "_otel_token", "_outer", "_updater", "_var_token")
+
+    _otel_token: object
+    _var_token: Token[Node]
 
     def __init__(self, updater: TaskUpdater, name: str) -> None:
         self._updater = updater
         self._name = name
-        self._entered: list[tuple[Node, object, Token[Node]]] = []
-        """(node, OTel context token, ContextVar token) per entry: re-entrant and reusable."""
+        # The innermost entry in three slots, with its OTel context token and ContextVar token
+        # (set on entry); the entries it is nested in, when the section is re-entered while
+        # open, in a list made then. A section is mostly entered once: no list, no tuple.
+        self._node: Node | None = None
+        self._outer: list[tuple[Node, object, Token[Node]]] | None = None
 
-    def __enter__(self) -> TaskUpdater:
-        self._enter()
-        return self._updater
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        return self._exit(exc)
-
-    async def __aenter__(self) -> TaskUpdater:
-        self._enter()
-        return self._updater
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        return self._exit(exc)
-
-    def __call__(self, func: _F) -> _F:
-        """Use as a decorator: each call of ``func`` runs in a fresh section of this name."""
-        updater, name = self._updater, self._name
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with Section(updater, name):
-                    return await func(*args, **kwargs)
-
-            return cast(_F, async_wrapper)
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with Section(updater, name):
-                return func(*args, **kwargs)
-
-        return cast(_F, wrapper)
-
-    # try/except rather than ``with guard(...)``: the same guard semantics (logged once, raised
-    # in strict mode) without a guard object and two calls per block on every section.
-    def _enter(self) -> None:
+    def _enter(self) -> TaskUpdater:
         updater = self._updater
         run = updater._run
         if run.cancel_requested:  # set by the flusher: the hot path's one attribute read
             _cancel(run, f"before section {self._name!r}")
+        # try/except rather than ``with guard(...)``: the same guard semantics (logged once,
+        # raised in strict mode) without a guard object and two calls per block on every section.
         try:
             current = updater._current
             parent = current.get()
@@ -117,15 +80,36 @@ class Section:
             top = parent is run.node or parent.state != "running"
             node = run.add_section(self._name, None if top else parent)
             token = _spans.start_section(run, node)
-            self._entered.append((node, token, current.set(node)))
+            var_token = current.set(node)
+            if self._node is not None:  # re-entered while open: keep the entry it nests in
+                if self._outer is None:
+                    self._outer = []
+                self._outer.append((self._node, self._otel_token, self._var_token))
+            self._node, self._otel_token, self._var_token = node, token, var_token
         except Exception as exc:
             internal_error("TaskUpdater.section.enter", exc)
+        return updater
 
-    def _exit(self, exc: BaseException | None, outcome: Outcome | None = None) -> bool:
-        entered = self._entered
-        if not entered:
+    __enter__ = _enter
+
+    async def __aenter__(self) -> TaskUpdater:
+        return self._enter()
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None = None,
+        outcome: Outcome | None = None,
+    ) -> bool:
+        node = self._node
+        if node is None:
             return False
-        node, otel_token, var_token = entered.pop()
+        otel_token, var_token = self._otel_token, self._var_token
+        if self._outer:
+            self._node, self._otel_token, self._var_token = self._outer.pop()
+        else:
+            self._node = None
         if outcome is None:
             outcome = "succeeded" if exc is None else _celery.outcome_of(exc)
         updater = self._updater
@@ -151,6 +135,35 @@ class Section:
             return False
         _publish.request_flush(run)
         return updater._suppress and not _celery.never_suppressed(exc)
+
+    __exit__ = _exit  # one call per section, not two: ``with`` passes the first three
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._exit(exc_type, exc, tb)
+
+    def __call__(self, func: _F) -> _F:
+        """Use as a decorator: each call of ``func`` runs in a fresh section of this name."""
+        updater, name = self._updater, self._name
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with Section(updater, name):
+                    return await func(*args, **kwargs)
+
+            return cast(_F, async_wrapper)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with Section(updater, name):
+                return func(*args, **kwargs)
+
+        return cast(_F, wrapper)
 
 
 class TaskUpdater:

@@ -126,14 +126,14 @@ def _tracked(iterable: object, iterator: Iterator[_T], total: object,
         exhausted = True
     except GeneratorExit:  # the loop ended early (break, an exception in its body, dropped)
         if section is not None:
-            section._exit(GeneratorExit(), outcome="interrupted")
+            section._exit(GeneratorExit, GeneratorExit(), outcome="interrupted")
             section = None
         raise
     except BaseException as exc:  # the iterable itself raised: the section failed, re-raised
-        if section is not None:
-            section._exit(exc)  # its verdict on suppressing is moot: a generator cannot
+        if section is not None:  # its verdict on suppressing is moot: a generator cannot
+            section._exit(type(exc), exc)
             section = None
         raise
     finally:
         if section is not None and exhausted:
-            section._exit(None)
+            section._exit(None, None)
