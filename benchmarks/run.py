@@ -1716,53 +1716,44 @@ What spans cannot give (the progress-age gauge, dropped spans) was never on the 
 REMAINING = """\
 ## What is unmet, and why
 
-- **advance() ≤ 0.5x tqdm** (row 1). `updater.advance` is now a per-updater closure: a
-  `step is 1` test, one `ContextVar.get` and one add (was: method binding, a method lookup on
-  the ContextVar, `or`, two `__class__` checks). The reference row is the floor of any
-  per-item call: an *empty* bound method that adds to an attribute costs about 0.4x tqdm's
-  iteration here, and the per-context lookup (a ContextVar, so threads, `await`s and `gather`
-  branches keep their own innermost section) about 0.1x more. Below that needs no Python call
-  per item: `track()` counts in its generator as tqdm does (the `track()` row: one integer
-  add per item, under the target), or a C counter. The
-  1,000,000-item loop (row 4) sits at the 1.10x line for the same reason: at 1 µs of work, the
-  one call per item is the whole overhead.
-- **Observer.update() ≤ 0.5 µs** (row 1). It no longer sets span attributes per call (5.2 µs
-  before); the span is touched when the message changes, the flusher and the run's end carry the
-  counters. What is left is the mastf call itself: binding six keyword-only defaults
-  (~0.15 µs here), the fresh `meta` dict it returns (~0.17 µs), the run's counters, description
-  and timestamp (payload and progress-age gauge, ~0.12 µs) and the percent arithmetic.
-- **notify() ≤ 1.2x add_event** (row 2). The SDK's event is most of the cost; otel_progress
-  adds the seed log line and description (`Run.note` in `_run`, ~0.6 µs), the percent with its
-  never-backwards mark (now rounded without `round(x, 2)`, which alone cost ~0.3 µs), and the
-  keyword-argument dict.
-- **A section ≤ 1.3x a raw span, SDK and API only** (row 3). The reference rows are the run
-  state a section keeps for the payload and the seed log (`_run.add_section`/`close_section`:
-  tree, counters, three log lines with the seed's "Time spent"): ~0.15x of an SDK span and
-  ~0.7x of a no-op span by itself, and `_run` is outside this change. With metrics on (the row
-  that regressed most) the section now costs what it costs with metrics off.
-- **Worker ≥ 0.9x hand-written spans, ≥ 1.5x celery-progress** (row 6). A tracked task makes
-  two result-backend round trips a hand-written one does not, the `queued` payload at publish
-  and the final payload before Celery stores the result (DECISIONS 11-13, 26), and builds its
-  payload (`_payload.build`: tree, ISO timestamps, log, 16 KiB fit). The in-process reference
-  row shows their weight without worker noise: one round trip's client CPU and one payload
-  build are most of what otel_progress adds to a task beyond the hand-written spans. Progress
-  writes during short tasks (< `min_interval`) are gone; the rest lives in `_payload` and
-  `_celery`, outside this change. celery-progress's 5 writes per task cost it 2x otel_progress's
-  added CPU in process, but on the worker Celery's own per-task work dilutes that to ~1.2x.
-- **RSS**: flat for notifications; the first sections of a task grow RSS by a few MiB while
-  the SDK's export queue (8,192 spans) fills. In the run of the merged issues 11-14 the second
-  half of the 10,000 sections grew 2.1 MiB (0.5 MiB before). It is not held by otel_progress:
-  tracemalloc over 40,000 sections in one task (SDK, no exporter) sees Python memory go 0.31 ->
-  0.33 -> 0.38 MiB at 10k/20k/40k (the bounded timestamp memo) and RSS 41.0 -> 41.7 MiB; what
-  the row shows is the exporter's queue and the allocator.
-- **What issues 11-14 added to a task** (rows 2, 3 and 6 moved the wrong way in that run): the
-  task history is on by default with a Redis result backend (row 12: +0.47 ms CPU per task, one
-  more round trip at the final write, whose 21 arguments cost redis-py as much as the round trip
-  itself; folding the row into the final write's script is the next step), redaction of every
-  message and name where it is made (now memoised: a repeated text costs one dict lookup), rate
-  and ETA in every payload build, and the payload's private part. The payload build itself was
-  182 us per build, ~half of it `strftime`: timestamps are now memoised and formatted with
-  `isoformat` (117 -> 78 us on the same run state, measured after this run).
+- **advance() ≤ 0.5x tqdm** (row 1): at the line (0.50x median, 72 ns against tqdm's 140 ns),
+  not under it in this run. `updater.advance` is a per-updater closure: a `step is None` test
+  (one bytecode), one `ContextVar.get` and one add. The reference row is the floor of any
+  per-item call: an *empty* bound method that adds to an attribute costs 0.40x tqdm's iteration
+  here; the per-context lookup (a ContextVar, so threads, `await`s and `gather` branches keep
+  their own innermost section) is the rest. Below it takes no Python call per item: `track()`
+  counts in its generator as tqdm does (0.32x, met). The 1,000,000-item loop (row 4) is now
+  under its line (1.09x).
+- **Observer.update() ≤ 0.5 µs** (row 1): 0.67 µs (0.92 before this work, 5.2 µs at the start).
+  A repeated message skips formatting and comparison, the default total and step are tested by
+  identity, `total=100` with an int position needs no rounding. What is left is the mastf call
+  itself: binding its keyword-only defaults, the fresh `meta` dict it returns (the seed's
+  `(state, meta)` contract), and the run's counters and timestamp that the payload and the
+  progress-age gauge read.
+- **Worker ≥ 0.9x hand-written spans, ≥ 1.5x celery-progress** (row 6): 0.77x / 0.79x and
+  1.17x / 1.23x (CPU / tasks per second). The row's note splits the CPU per task by process:
+  against the hand-written task otel_progress adds ~1.3 ms in the worker, ~0.5 ms in Redis and
+  ~0.4 ms in the producer (this run; 0.6 / 0.33 / 0.24 ms in a quieter run before it). What
+  this work removed from a task: the final write's own round trip (it now rides in Celery's
+  `MULTI`/`EXEC` that stores the task's state, with the history row in the same script call),
+  the history row's separate round trip at publish (one script with the queued payload), the
+  hand-off to a writer thread, one of the two JSON encodings of the payload per write, a JSON
+  encoder built per `json.dumps` call (a dozen per task end), ISO timestamps at 1.1 µs instead of
+  2.9 µs, repeated client and secret-key lookups. What is left, by weight:
+  (1) the `queued` write at publish: one round trip in the producer, which DECISIONS 13 keeps
+  synchronous (a page polling right after `delay()` gets 200 `queued`);
+  (2) the two history scripts in Redis (~55 µs for the new row at publish, ~70 µs for the merge
+  at the end, measured with `INFO commandstats` on this machine, where a `SET` takes 2.4 µs);
+  (3) the payload build at the task end (~90 µs: section tree, timestamps, rate and ETA, seed
+  log, JSON) and the history row (~35 µs);
+  (4) the run span's own attributes and the run's creation. The hand-written task writes no
+  payload and no history. `ProgressInstrumentor().instrument(history=False, track_queued=False)`
+  takes (1) and (2) away where a user does not want them; measuring the worker with them off is
+  the next row to add.
+- **RSS** (row 5): flat now for sections too (0.62 MiB over the second half of 10,000
+  sections; 2.1 MiB before): an ended section drops its span, so the first and last nodes the
+  tree keeps no longer hold spans and their events alive. The first sections still grow RSS by
+  a few MiB while the SDK's export queue (8,192 spans) fills.
 """
 
 
