@@ -178,11 +178,18 @@ def start_section(run: Run, node: Node) -> object:
         if not trace.get_current_span(ctx).get_span_context().is_valid:
             ctx = trace.set_span_in_context(parent.span)
     name = node.name
-    span = _tracer.start_span(name, context=ctx, start_time=int(node.start * 1e9), attributes={
-        A.SECTION_NAME: name,
-        A.SECTION_DEPTH: node.depth,
-        A.TASK_NAME: run.task_name,
-    })
+    task_name = run.task_name
+    # A loop's sections share their name and parent: their start attributes are one dict,
+    # kept on the parent (the SDK copies a span's attributes).
+    memo = parent.child_attrs if parent is not None else None
+    if memo is not None and memo[0] is name and memo[1] is task_name:
+        attrs = memo[2]
+    else:
+        attrs = {A.SECTION_NAME: name, A.SECTION_DEPTH: node.depth, A.TASK_NAME: task_name}
+        if parent is not None:
+            parent.child_attrs = (name, task_name, attrs)
+    span = _tracer.start_span(name, context=ctx, start_time=int(node.start * 1e9),
+                              attributes=attrs)
     node.span = span
     if _LIVE:
         _live.section_started(run, node)
