@@ -8,14 +8,13 @@ and without their newline (each still counts both in the budgets), and both are 
 log is read: a notification's line is its text itself, with no string made on the hot path.
 
 The tail is cut to its budget when the log is read, and by the writer only once it holds twice
-the budget: an append is then one ``deque.append``. Cutting after many lines keeps what cutting
-after each line keeps (the longest run of newest lines that fits, at least one line), so the
-text is the same; memory stays bounded by twice the budget.
+the budget: an append is then one ``list.append``, the cut one slice deletion. Cutting after
+many lines keeps what cutting after each line keeps (the longest run of newest lines that fits,
+at least one line), so the text is the same; memory stays bounded by twice the budget.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Final
 
 HEAD_CHARS: Final = 2048
@@ -38,7 +37,7 @@ class BoundedLog:
     def __init__(self) -> None:
         self._head: list[str] = []
         self._head_chars = 0
-        self._tail: deque[str] = deque()
+        self._tail: list[str] = []
         self._tail_chars = 0
         self._omitted = 0
         """Lines cut from the tail by the writer (a read adds the ones it would cut now)."""
@@ -76,24 +75,16 @@ class BoundedLog:
     def _cut(self) -> None:
         """Drop the oldest tail lines until the tail fits its budget (one line is kept)."""
         tail = self._tail
-        popleft = tail.popleft
-        chars = self._tail_chars
-        dropped = 0
-        while chars > TAIL_CHARS and len(tail) > 1:
-            chars -= len(popleft()) + 2
-            dropped += 1
-        self._tail_chars = chars
-        self._omitted += dropped
+        first = _first_kept(tail, self._tail_chars)
+        self._tail_chars -= sum(map(len, tail[:first])) + 2 * first
+        del tail[:first]
+        self._omitted += first
 
     def _view(self) -> tuple[list[str], int]:
         """The tail lines the budget keeps and the lines omitted, without changing the log."""
         omitted = self._omitted
-        lines = list(self._tail)  # one C call: a consistent copy while the writer appends
-        chars = sum(map(len, lines)) + 2 * len(lines)
-        first = 0
-        while chars > TAIL_CHARS and len(lines) - first > 1:
-            chars -= len(lines[first]) + 2
-            first += 1
+        lines = self._tail[:]  # one C call: a consistent copy while the writer appends
+        first = _first_kept(lines, sum(map(len, lines)) + 2 * len(lines))
         return lines[first:], omitted + first
 
     @property
@@ -115,3 +106,14 @@ class BoundedLog:
     def lines(self) -> list[str]:
         """The kept lines (marker included), without newlines."""
         return self.text().splitlines()
+
+
+def _first_kept(tail: list[str], chars: int) -> int:
+    """The index of the oldest of ``tail``'s lines (``chars`` characters in all) that its budget
+    keeps: the longest run of newest lines that fits, and at least the newest line."""
+    last = len(tail) - 1
+    first = 0
+    while chars > TAIL_CHARS and first < last:
+        chars -= len(tail[first]) + 2
+        first += 1
+    return first
