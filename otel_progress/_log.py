@@ -15,6 +15,7 @@ at least one line), so the text is the same; memory stays bounded by twice the b
 
 from __future__ import annotations
 
+import threading
 from typing import Final
 
 HEAD_CHARS: Final = 2048
@@ -30,9 +31,10 @@ _CUT_AT: Final = 2 * TAIL_CHARS
 class BoundedLog:
     """Append-only text log with bounded memory: ``head + marker + tail``.
 
-    One thread writes (the run's); any thread may read: reading never changes the log."""
+    Reading never changes the log. Threads of one run may write at once: appends are single
+    list operations, and the cut, which is rare, is serialised and counts the tail afresh."""
 
-    __slots__ = ("_head", "_head_chars", "_omitted", "_tail", "_tail_chars")
+    __slots__ = ("_cut_lock", "_head", "_head_chars", "_omitted", "_tail", "_tail_chars")
 
     def __init__(self) -> None:
         self._head: list[str] = []
@@ -41,6 +43,7 @@ class BoundedLog:
         self._tail_chars = 0
         self._omitted = 0
         """Lines cut from the tail by the writer (a read adds the ones it would cut now)."""
+        self._cut_lock = threading.Lock()
 
     def add(self, rest: str) -> None:
         """Add the line ``INDENT + rest`` (``rest`` without its newline)."""
@@ -74,11 +77,13 @@ class BoundedLog:
 
     def _cut(self) -> None:
         """Drop the oldest tail lines until the tail fits its budget (one line is kept)."""
-        tail = self._tail
-        first = _first_kept(tail, self._tail_chars)
-        self._tail_chars -= sum(map(len, tail[:first])) + 2 * first
-        del tail[:first]
-        self._omitted += first
+        with self._cut_lock:  # two writers cutting at once would drop the same lines twice
+            tail = self._tail
+            chars = sum(map(len, tail)) + 2 * len(tail)  # afresh: appends race on the count
+            first = _first_kept(tail, chars)
+            self._tail_chars = chars - sum(map(len, tail[:first])) - 2 * first
+            del tail[:first]  # the oldest lines: other writers only append at the end
+            self._omitted += first
 
     def _view(self) -> tuple[list[str], int]:
         """The tail lines the budget keeps and the lines omitted, without changing the log."""
