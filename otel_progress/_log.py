@@ -8,14 +8,14 @@ and without their newline (each still counts both in the budgets), and both are 
 log is read: a notification's line is its text itself, with no string made on the hot path.
 
 The tail is cut to its budget when the log is read, and by the writer only once it holds twice
-the budget: an append is then one ``deque.append``. Cutting after many lines keeps what cutting
-after each line keeps (the longest run of newest lines that fits, at least one line), so the
-text is the same; memory stays bounded by twice the budget.
+the budget: an append is then one ``list.append``, the cut one slice deletion. Cutting after
+many lines keeps what cutting after each line keeps (the longest run of newest lines that fits,
+at least one line), so the text is the same; memory stays bounded by twice the budget.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import threading
 from typing import Final
 
 HEAD_CHARS: Final = 2048
@@ -31,17 +31,19 @@ _CUT_AT: Final = 2 * TAIL_CHARS
 class BoundedLog:
     """Append-only text log with bounded memory: ``head + marker + tail``.
 
-    One thread writes (the run's); any thread may read: reading never changes the log."""
+    Reading never changes the log. Threads of one run may write at once: appends are single
+    list operations, and the cut, which is rare, is serialised and counts the tail afresh."""
 
-    __slots__ = ("_head", "_head_chars", "_omitted", "_tail", "_tail_chars")
+    __slots__ = ("_cut_lock", "_head", "_head_chars", "_omitted", "_tail", "_tail_chars")
 
     def __init__(self) -> None:
         self._head: list[str] = []
         self._head_chars = 0
-        self._tail: deque[str] = deque()
+        self._tail: list[str] = []
         self._tail_chars = 0
         self._omitted = 0
         """Lines cut from the tail by the writer (a read adds the ones it would cut now)."""
+        self._cut_lock = threading.Lock()
 
     def add(self, rest: str) -> None:
         """Add the line ``INDENT + rest`` (``rest`` without its newline)."""
@@ -75,25 +77,19 @@ class BoundedLog:
 
     def _cut(self) -> None:
         """Drop the oldest tail lines until the tail fits its budget (one line is kept)."""
-        tail = self._tail
-        popleft = tail.popleft
-        chars = self._tail_chars
-        dropped = 0
-        while chars > TAIL_CHARS and len(tail) > 1:
-            chars -= len(popleft()) + 2
-            dropped += 1
-        self._tail_chars = chars
-        self._omitted += dropped
+        with self._cut_lock:  # two writers cutting at once would drop the same lines twice
+            tail = self._tail
+            chars = sum(map(len, tail)) + 2 * len(tail)  # afresh: appends race on the count
+            first = _first_kept(tail, chars)
+            self._tail_chars = chars - sum(map(len, tail[:first])) - 2 * first
+            del tail[:first]  # the oldest lines: other writers only append at the end
+            self._omitted += first
 
     def _view(self) -> tuple[list[str], int]:
         """The tail lines the budget keeps and the lines omitted, without changing the log."""
         omitted = self._omitted
-        lines = list(self._tail)  # one C call: a consistent copy while the writer appends
-        chars = sum(map(len, lines)) + 2 * len(lines)
-        first = 0
-        while chars > TAIL_CHARS and len(lines) - first > 1:
-            chars -= len(lines[first]) + 2
-            first += 1
+        lines = self._tail[:]  # one C call: a consistent copy while the writer appends
+        first = _first_kept(lines, sum(map(len, lines)) + 2 * len(lines))
         return lines[first:], omitted + first
 
     @property
@@ -115,3 +111,14 @@ class BoundedLog:
     def lines(self) -> list[str]:
         """The kept lines (marker included), without newlines."""
         return self.text().splitlines()
+
+
+def _first_kept(tail: list[str], chars: int) -> int:
+    """The index of the oldest of ``tail``'s lines (``chars`` characters in all) that its budget
+    keeps: the longest run of newest lines that fits, and at least the newest line."""
+    last = len(tail) - 1
+    first = 0
+    while chars > TAIL_CHARS and first < last:
+        chars -= len(tail[first]) + 2
+        first += 1
+    return first

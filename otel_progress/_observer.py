@@ -23,6 +23,7 @@ from otel_progress._safety import (
     guard,
     internal_error,
     redact,
+    safe_redacted,
     safe_str,
 )
 
@@ -204,7 +205,7 @@ class Observer:
                     _spans.observer_progress(run, None, percent, cur, total)
             else:
                 self._last_msg = text
-                self._last_shown = redact(safe_str(text))  # what leaves the process
+                self._last_shown = safe_redacted(text)  # what leaves the process
                 run.description = self._last_shown
                 _spans.observer_progress(run, self._last_shown, percent, cur, total)
             return state, data

@@ -102,6 +102,11 @@ _MEMO_SIZE: Final = 512
 _MEMO_TEXT: Final = 256
 
 
+cleaned: dict[str, str] = {}
+"""Texts as given and what ``_safety.safe_redacted`` made of them lately: filled only while the
+redactor is pure (the default set, or none), emptied whenever the redactor changes."""
+
+
 def set_redactor(redactor: Redactor | bool) -> None:
     """``True``: the default pattern set; ``False``: nothing redacted; a callable: it alone."""
     global _redactor
@@ -113,6 +118,7 @@ def set_redactor(redactor: Redactor | bool) -> None:
         _redactor = redactor
     else:
         raise TypeError(f"redact must be a callable (str) -> str or a bool, not {redactor!r}")
+    cleaned.clear()
 
 
 def redactor() -> Redactor | None:

@@ -70,9 +70,10 @@ class Node:
     """A section (or the run itself, depth 0): counters on the hot path, the rest at close."""
 
     __slots__ = (
-        "__weakref__", "_children_head", "_children_tail", "_omitted", "current", "depth",
-        "end", "error", "error_type", "event_attrs", "explicit_pct", "has_children",
-        "interrupted", "mark", "name", "parent", "span", "start", "state", "total",
+        "__weakref__", "_children_head", "_children_tail", "_omitted", "child_attrs",
+        "current", "depth", "end", "error", "error_type", "event_attrs", "explicit_pct",
+        "has_children", "interrupted", "mark", "name", "parent", "span", "start", "state",
+        "total",
     )
 
     def __init__(self, name: str, parent: Node | None, span: Any = None) -> None:
@@ -81,6 +82,7 @@ class Node:
         self.depth: int = 0 if parent is None else parent.depth + 1
         self.span = span  # an OpenTelemetry span, handled by _spans only
         self.event_attrs: tuple[Any, ...] | None = None  # _spans' memo of the event attributes
+        self.child_attrs: tuple[Any, ...] | None = None  # _spans' memo: its children's span's
         self.start = time.time()
         self.end: float | None = None
         self.state: SectionState = RUNNING

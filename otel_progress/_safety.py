@@ -23,11 +23,13 @@ from otel_progress._attributes import MAX_MESSAGE
 from otel_progress._redact import (  # re-exported: upper rooms reach redaction through here
     REDACTED,
     LogFilter,
+    cleaned,
     default_redact,
     is_secret_key,
     redact,
     redact_json,
     redact_value,
+    redactor,
 )
 
 logger: Final = logging.getLogger("otel_progress")
@@ -39,7 +41,7 @@ __all__ = [
     "REDACTED", "AttrValue", "as_number", "attribute_value", "clamp_percent", "default_redact",
     "exception_class_line", "exception_text", "format_message", "guard", "in_background",
     "internal_error", "is_secret_key", "is_strict", "log_once", "logger", "redact",
-    "redact_json", "redact_value", "safe_str", "set_strict", "type_name",
+    "redact_json", "redact_value", "safe_redacted", "safe_str", "set_strict", "type_name",
 ]
 
 _P = ParamSpec("_P")
@@ -183,6 +185,32 @@ def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+_CLEANED_SIZE: Final = 512
+"""Texts :func:`safe_redacted` remembers at most (then it starts over)."""
+_CLEANED_TEXT: Final = 256
+"""Characters of the longest text :func:`safe_redacted` remembers."""
+
+
+def safe_redacted(value: object) -> str:
+    """``redact(safe_str(value))``: a text as it may leave the process.
+
+    A task repeats its messages and section names: a ``str`` seen lately costs one call and one
+    dict lookup (remembered only under a pure redactor, forgotten when the redactor changes)."""
+    if value.__class__ is str:
+        done = cleaned.get(value)
+        if done is not None:
+            return done
+        fn = redactor()
+        done = redact(safe_str(value))
+        if len(value) <= _CLEANED_TEXT and (fn is default_redact or fn is None) \
+                and redactor() is fn:  # not changed meanwhile (it empties the memo)
+            if len(cleaned) >= _CLEANED_SIZE:
+                cleaned.clear()
+            cleaned[value] = done
+        return done
+    return redact(safe_str(value))
 
 
 def exception_text(exc: BaseException) -> str:

@@ -37,8 +37,8 @@ from otel_progress._safety import (
     guard,
     internal_error,
     log_once,
-    redact,
     redact_value,
+    safe_redacted,
     safe_str,
 )
 
@@ -227,7 +227,7 @@ class TaskUpdater:
     def __call__(self, task_name: str | None = None, **_ignored: Any) -> Section:
         """Open a section: ``with updater(task_name="step"):`` (also ``async with``, decorator)."""
         name = task_name if task_name is not None else self._run.task_name
-        return Section(self, redact(safe_str(name)))  # valid UTF-8, capped, redacted: a span name
+        return Section(self, safe_redacted(name))  # valid UTF-8, capped, redacted: a span name
 
     section = __call__
 
@@ -273,7 +273,7 @@ class TaskUpdater:
             _cancel(self._run, "at notify()")
         try:
             run = self._run
-            text = redact(safe_str(message))
+            text = safe_redacted(message)
             attrs = {safe_str(k, 200): attribute_value(redact_value(k, v))
                      for k, v in attributes.items()} if attributes else None
             run.note(text)

@@ -14,7 +14,15 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    Status,
+    StatusCode,
+    Tracer,
+    TracerProvider,
+)
 
 from otel_progress import _attributes as A
 from otel_progress import _live, _metrics
@@ -170,15 +178,23 @@ def start_section(run: Run, node: Node) -> object:
         if not trace.get_current_span(ctx).get_span_context().is_valid:
             ctx = trace.set_span_in_context(parent.span)
     name = node.name
-    span = _tracer.start_span(name, context=ctx, start_time=int(node.start * 1e9), attributes={
-        A.SECTION_NAME: name,
-        A.SECTION_DEPTH: node.depth,
-        A.TASK_NAME: run.task_name,
-    })
+    task_name = run.task_name
+    # A loop's sections share their name and parent: their start attributes are one dict,
+    # kept on the parent (the SDK copies a span's attributes).
+    memo = parent.child_attrs if parent is not None else None
+    if memo is not None and memo[0] is name and memo[1] is task_name:
+        attrs = memo[2]
+    else:
+        attrs = {A.SECTION_NAME: name, A.SECTION_DEPTH: node.depth, A.TASK_NAME: task_name}
+        if parent is not None:
+            parent.child_attrs = (name, task_name, attrs)
+    span = _tracer.start_span(name, context=ctx, start_time=int(node.start * 1e9),
+                              attributes=attrs)
     node.span = span
     if _LIVE:
         _live.section_started(run, node)
-    if not span.is_recording() and not span.get_span_context().is_valid \
+    if (span is INVALID_SPAN  # what NoOpTracer gives without a valid parent
+            or (not span.is_recording() and not span.get_span_context().is_valid)) \
             and not trace.get_current_span().get_span_context().is_valid:
         return _NOT_ATTACHED  # no tracing at all (API only): an invalid span made current
         # over an invalid one changes nothing a reader of the context can see
@@ -198,34 +214,34 @@ def end_section(run: Run, node: Node, exc: BaseException | None) -> None:
     """The section's end: its reported percent, state, error or interruption, in one call."""
     span: Span = node.span
     end = node.end or time.time()
-    if span is not None and span.is_recording():
-        attrs: dict[str, Any] = {A.SECTION_STATE: node.state}
-        if node.total is not None or node.current or node.explicit_pct is not None \
-                or node.mark >= 0.0:  # it reported progress: counters() has something
-            current, total, pct = _progress(node)
-            if current is not None:
-                attrs[A.CURRENT] = current
-            if total is not None:
-                attrs[A.TOTAL] = total
-            if pct is not None:
-                attrs[A.PERCENT] = pct  # what it reported: a normal exit does not make it 100
-        if exc is not None:
-            record_exception(span, exc)
-        if node.interrupted is not None:
-            attrs[A.INTERRUPTED] = node.interrupted  # control flow: not an error
-        elif node.state == FAILED:
-            attrs[A.ERROR_TYPE] = node.error_type or "Terminated"
-            span.set_status(Status(StatusCode.ERROR, node.error or node.error_type))
-        if len(attrs) == 1:  # the state alone (most sections): the SDK cleans one value
-            span.set_attribute(A.SECTION_STATE, node.state)  # instead of a whole mapping
-        else:
-            span.set_attributes(attrs)
-    if span is not None:
+    if span is not None and span.__class__ is not NonRecordingSpan:  # the API's no-op spans
+        if span.is_recording():  # have nothing to set or end: two calls less without an SDK
+            attrs: dict[str, Any] = {A.SECTION_STATE: node.state}
+            if node.total is not None or node.current or node.explicit_pct is not None \
+                    or node.mark >= 0.0:  # it reported progress: counters() has something
+                current, total, pct = _progress(node)
+                if current is not None:
+                    attrs[A.CURRENT] = current
+                if total is not None:
+                    attrs[A.TOTAL] = total
+                if pct is not None:
+                    attrs[A.PERCENT] = pct  # what it reported: a normal exit does not make it 100
+            if exc is not None:
+                record_exception(span, exc)
+            if node.interrupted is not None:
+                attrs[A.INTERRUPTED] = node.interrupted  # control flow: not an error
+            elif node.state == FAILED:
+                attrs[A.ERROR_TYPE] = node.error_type or "Terminated"
+                span.set_status(Status(StatusCode.ERROR, node.error or node.error_type))
+            if len(attrs) == 1:  # the state alone (most sections): the SDK cleans one value
+                span.set_attribute(A.SECTION_STATE, node.state)  # instead of a whole mapping
+            else:
+                span.set_attributes(attrs)
         span.end(end_time=int(end * 1e9))
-        # Nothing reads an ended section's span: the tree keeps its first and last nodes, and
-        # without this each of them would hold its span (events and all) alive with it.
-        node.span = None
-        node.event_attrs = None
+    # Nothing reads an ended section's span: the tree keeps its first and last nodes, and
+    # without this each of them would hold its span (events and all) alive with it.
+    node.span = None
+    node.event_attrs = None
     _metrics.record_section(run.task_name, node.name, node.state, end - node.start)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from hypothesis import given, settings
@@ -78,3 +79,21 @@ def test_a_million_lines_keep_the_log_bounded() -> None:
     text = log.text()
     assert text.endswith("\tnotification 99999\n")
     assert len(text) <= HEAD_CHARS + TAIL_CHARS + 100
+
+
+def test_concurrent_writers_keep_the_count_and_the_bound() -> None:
+    """Threads of one run adding at once: every line is kept or counted as omitted, and the
+    tail stays within twice its budget."""
+    log = BoundedLog()
+    threads = [threading.Thread(target=lambda t=t: [log.add(f"thread {t} line {i}")
+                                                    for i in range(20_000)])
+               for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = log.lines()
+    marker = [line for line in lines if "lines omitted" in line]
+    assert 1 == len(marker)
+    assert 80_000 == len(lines) - 1 + log.omitted
+    assert sum(len(line) + 2 for line in log._tail) <= 2 * TAIL_CHARS + 100

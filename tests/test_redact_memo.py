@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from otel_progress import _redact
 from otel_progress._redact import default_redact, redact
+from otel_progress._safety import safe_redacted, safe_str
 
 
 def test_repeated_texts_redact_as_a_fresh_scan_and_the_memo_stays_bounded() -> None:
@@ -35,3 +36,20 @@ def test_secret_key_answers_are_remembered_exactly_and_the_memo_stays_bounded() 
         assert (i % 2 == 1) == _redact.is_secret_key(key) == _redact.is_secret_key(key)
     assert len(_redact._secret_keys) <= _redact._MEMO_SIZE
     assert not _redact.is_secret_key(42)
+
+
+def test_safe_redacted_answers_like_redact_of_safe_str_and_forgets_a_changed_redactor() -> None:
+    """Repeats give what redact(safe_str()) gives, also after the redactor changes (the memo
+    is emptied) and never from a custom redactor's results (it is not assumed pure)."""
+    texts = ["fetched 40 of 100 files", "password=hunter2", "\ud800 bad", "x" * 2000, 42]
+    try:
+        for _ in range(2):
+            assert [redact(safe_str(t)) for t in texts] == [safe_redacted(t) for t in texts]
+        _redact.set_redactor(lambda text: text.upper())
+        assert "PASSWORD=HUNTER2" == safe_redacted("password=hunter2")
+        assert {} == _redact.cleaned
+        _redact.set_redactor(False)
+        assert "password=hunter2" == safe_redacted("password=hunter2")
+    finally:
+        _redact.set_redactor(True)
+    assert "hunter2" not in safe_redacted("password=hunter2")
