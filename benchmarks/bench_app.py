@@ -1,12 +1,14 @@
 """The Celery app of the worker-throughput benchmark (``benchmarks/run.py`` starts its workers).
 
-One module, three workers: ``BENCH_VARIANT`` picks what the worker process sets up, and each
+One module, four workers: ``BENCH_VARIANT`` picks what the worker process sets up, and each
 variant's task runs on its own queue, so the benchmark interleaves rounds of the three variants
 against workers that stay up for the whole run. Every variant exports over OTLP through
 ``configure()`` and is traced by OpenTelemetry's Celery instrumentation; only the task bodies and
 otel_progress's instrumentor differ:
 
 - ``otel_progress``: ``ProgressInstrumentor`` (the state bridge), 5 sections with a notify each.
+- ``otel_progress_lean``: the same with ``instrument(history=False, track_queued=False)`` (no
+  history index, no ``queued`` write at publish: the producer of its rounds tracks nothing).
 - ``manual``: the same 5 spans and events written by hand, with the attributes a section carries.
 - ``celery_progress``: celery-progress's ``ProgressRecorder``, 5 ``set_progress`` calls.
 """
@@ -40,10 +42,13 @@ app.conf.update(
 
 if VARIANT:  # a worker process; the benchmark's producer imports nothing of this
     configure(service_name=f"bench-{VARIANT}", timeout=5)
-    if VARIANT == "otel_progress":
+    if VARIANT in ("otel_progress", "otel_progress_lean"):
         from otel_progress.celery import ProgressInstrumentor
 
-        ProgressInstrumentor().instrument()
+        if VARIANT == "otel_progress_lean":
+            ProgressInstrumentor().instrument(history=False, track_queued=False)
+        else:
+            ProgressInstrumentor().instrument()
     else:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
@@ -53,6 +58,16 @@ if VARIANT:  # a worker process; the benchmark's producer imports nothing of thi
 @app.task(bind=True, name="bench.otel_progress")
 def otel_progress_task(self: Any) -> int:
     """Five sections, one notification each."""
+    return _five_sections()
+
+
+@app.task(bind=True, name="bench.otel_progress_lean")
+def otel_progress_lean_task(self: Any) -> int:
+    """The same body, in the worker without history and queued tracking."""
+    return _five_sections()
+
+
+def _five_sections() -> int:
     from otel_progress import TaskUpdater
 
     updater = TaskUpdater(expected_sections=SECTIONS)

@@ -1113,8 +1113,8 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # --- the worker: three real prefork workers, interleaved rounds ---------------------------------
-VARIANTS = ("otel_progress", "manual", "celery_progress")
-SPANS_PER_TASK = {"otel_progress": 6, "manual": 6, "celery_progress": 1}
+VARIANTS = ("otel_progress", "otel_progress_lean", "manual", "celery_progress")
+SPANS_PER_TASK = {"otel_progress": 6, "otel_progress_lean": 6, "manual": 6, "celery_progress": 1}
 
 
 def _family(proc: Any) -> list[Any]:
@@ -1168,7 +1168,7 @@ def _workers(redis_url: str, endpoint: str, log_dir: Path) -> Iterator[dict[str,
 
 def worker_benchmark(redis: Any, rounds: int, batch: int, log_dir: Path,
                      profile_s: float) -> dict[str, Any]:
-    """Tasks/s and CPU ms per task of the three variants, interleaved round by round."""
+    """Tasks/s and CPU ms per task of the variants, interleaved round by round."""
     import psutil
     from celery import Celery
 
@@ -1592,6 +1592,24 @@ def worker_rows(res: dict[str, Any]) -> list[Row]:
                  f"{statistics.median(ours['worker_cpu_ms']):.2f} vs "
                  f"{statistics.median(cp['worker_cpu_ms']):.2f}; {_split(ours, cp)})"),
     ]
+    lean = res.get("otel_progress_lean")
+    if lean and lean.get("tps"):
+        what = "otel_progress with `instrument(history=False, track_queued=False)`"
+        rows += [
+            row("6", "tps_lean", f"reference: worker tasks/s, {what}",
+                "plain Celery + OTel instrumentation + the same spans and events by hand",
+                ratios(lean["tps"], manual["tps"]),
+                note=f"{statistics.median(lean['tps']):.0f} vs "
+                     f"{statistics.median(manual['tps']):.0f} tasks/s; "
+                     f"{statistics.median(lean['tps']) / statistics.median(cp['tps']):.2f}x "
+                     "celery-progress's"),
+            row("6", "cpu_lean", f"reference: CPU ms per task, all processes, by hand / {what}",
+                "its CPU per task", ratios(manual["cpu_ms"], lean["cpu_ms"]),
+                note=f"{statistics.median(lean['cpu_ms']):.2f} vs "
+                     f"{statistics.median(manual['cpu_ms']):.2f} ms (worker only "
+                     f"{statistics.median(lean['worker_cpu_ms']):.2f} vs "
+                     f"{statistics.median(manual['worker_cpu_ms']):.2f}; {_split(lean, manual)})"),
+        ]
     return rows
 
 
