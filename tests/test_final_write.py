@@ -92,6 +92,16 @@ def _per_client(seen: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
+def _stored_block_seen(seen: list[dict[str, Any]], meta_key: str) -> bool:
+    """Whether MONITOR has delivered a SETEX of ``meta_key`` and the EXEC after it (its lines
+    arrive after the task's result does: the subscriber is told first)."""
+    for commands in _per_client(seen).values():
+        for i, command in enumerate(commands):
+            if command.startswith("SETEX") and meta_key in command.split(" ", 2)[1]:
+                return any(c.startswith("EXEC") for c in commands[i + 1:])
+    return False
+
+
 def test_the_final_payload_rides_in_the_transaction_that_stores_celerys_state(
         app: Any, worker: CeleryWorker, redis_server: RedisServer) -> None:
     """MULTI, our EVALSHA on the own key, Celery's SETEX and PUBLISH, EXEC: one connection, in
@@ -102,8 +112,8 @@ def test_the_final_payload_rides_in_the_transaction_that_stores_celerys_state(
         result = _send(app, "progress_app.sections", 3)
         assert 3 == result.get(timeout=30)
         meta_key = f"celery-task-meta-{result.id}"
-        _wait(lambda: any(meta_key in str(c.get("command")) for c in list(seen)), 10,
-              "Celery's store of the task's state")
+        _wait(lambda: _stored_block_seen(seen, meta_key), 10,
+              "MONITOR's lines of Celery's store of the task's state, up to its EXEC")
     own_key = f"otel-progress-meta-{result.id}"
     blocks = []
     for commands in _per_client(seen).values():
