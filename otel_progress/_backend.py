@@ -704,17 +704,12 @@ def _key_bytes(key: Any) -> bytes:
     return key if isinstance(key, bytes) else str(key).encode()
 
 
-def write_pending(task_id: str | None = None) -> None:
-    """Write this thread's riders Celery did not take (all of them, or ``task_id``'s), with our
-    own bounded client: the final write is made whatever Celery does."""
+def write_pending() -> None:
+    """Write this thread's riders Celery did not take, with our own bounded client: the final
+    write is made whatever Celery does."""
     pending = _pending()
-    if not pending:
-        return
-    for key in list(pending):
-        rider = pending[key]
-        if task_id is not None and rider.target.task_id != task_id:
-            continue
-        del pending[key]
+    while pending:
+        _key, rider = pending.popitem()
         try:
             rider.target.final(rider.payload, [])
         except Exception as exc:
