@@ -34,12 +34,20 @@ class _Tracked(Protocol):
     finished: bool
     task_name: str
     last_progress: float
+    """When the run last stamped its progress (sections, notifications, ``progress()``)."""
+
+    def progress_mark(self) -> tuple[object, ...]:
+        """Counters that change with progress that is not stamped (``advance()``)."""
 
 
 _lock = threading.Lock()
 _instruments: dict[str, Any] = {}
 _seen: dict[str, set[str]] = {A.LABEL_TASK_NAME: set(), A.LABEL_SECTION_NAME: set()}
 _running: weakref.WeakSet[Any] = weakref.WeakSet()
+_marks: weakref.WeakKeyDictionary[Any, tuple[tuple[object, ...], float]] = (
+    weakref.WeakKeyDictionary())
+"""Each tracked run's progress mark at the last collection, and when the gauge last saw it
+move: a loop of ``advance()`` calls is progress the run never stamps with the clock."""
 _meter_provider: metrics.MeterProvider | None = None
 MAX_PENDING: Final = 1024
 """Finished sections queued at most; one more drains the queue in the caller's thread (when
@@ -161,6 +169,8 @@ def track_running(run: _Tracked) -> None:
 def untrack(run: _Tracked) -> None:
     """Drop ``run`` from the progress-age gauge."""
     _running.discard(run)
+    with _lock:
+        _marks.pop(run, None)
 
 
 def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
@@ -170,8 +180,13 @@ def _observe_age(_options: metrics.CallbackOptions) -> Iterable[metrics.Observat
     for run in list(_running):
         if run.finished:
             continue
+        mark = run.progress_mark()
+        with _lock:
+            seen = _marks.get(run)
+            moved = run.last_progress if seen is None else now if seen[0] != mark else seen[1]
+            _marks[run] = (mark, moved)
         name = _capped(A.LABEL_TASK_NAME, run.task_name)
-        worst[name] = max(worst.get(name, 0.0), now - run.last_progress)
+        worst[name] = max(worst.get(name, 0.0), now - max(moved, run.last_progress))
     return [metrics.Observation(age, {A.LABEL_TASK_NAME: name}) for name, age in worst.items()]
 
 

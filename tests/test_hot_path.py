@@ -190,3 +190,40 @@ def test_iso_timestamps_match_strftime_first_time_and_from_the_memo() -> None:
     expected = [dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 for ts in stamps]
     assert expected == [iso(ts) for ts in stamps] == [iso(ts) for ts in stamps]
+
+
+def _ages(metric_reader: InMemoryMetricReader) -> dict[str, float]:
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    return {
+        str(p.attributes[A.LABEL_TASK_NAME]): p.value
+        for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        if m.name == A.METRIC_PROGRESS_AGE for p in m.data.data_points
+    }
+
+
+def test_advance_track_and_observer_updates_count_as_progress_for_the_age_gauge(
+        reader: InMemoryMetricReader) -> None:
+    """A task that only calls advance(), loops over track() or calls Observer.update() inside
+    one long section is progressing: its progress age stays near 0 while an idle run's grows
+    (the stall alert must not fire on a busy loop)."""
+    idle = TaskUpdater(task_name="idle")
+    counting = TaskUpdater(task_name="counting")
+    tracking = TaskUpdater(task_name="tracking")
+    observer = Observer(None)
+    observer.update("scanning")
+    with idle(task_name="wait"), counting(task_name="loop"), tracking(task_name="loop"):
+        items = iter(tracking.track(range(1000)))
+        ages: list[dict[str, float]] = []
+        for _ in range(4):
+            time.sleep(0.3)
+            for _ in range(10):
+                counting.advance()
+                next(items)
+                observer.update("scanning")
+            ages.append(_ages(reader))
+    last = ages[-1]
+    assert last["idle"] >= 1.0  # 1.2 s of sleeps without progress
+    assert {"counting": True, "tracking": True, observer.run.task_name: True} == {
+        name: last[name] < 0.2 for name in ("counting", "tracking", observer.run.task_name)
+    }, ages

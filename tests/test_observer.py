@@ -210,3 +210,43 @@ def test_finished_run_outside_celery_stops_publishing() -> None:
     time.sleep(0.1)
     assert (True, writes) == (publisher.closed, len(task.calls))
     assert "succeeded" == task.calls[-1][1]["state"]
+
+
+def test_update_shows_its_keyword_options_to_inspect_and_help() -> None:
+    """``update``'s real signature (msg, *args, keyword-only options with their defaults) is
+    what ``inspect``, ``help()`` and the docs show, though the body takes ``**options``."""
+    import inspect
+
+    signature = inspect.signature(Observer.update)
+    options = {name: (p.kind, p.default) for name, p in signature.parameters.items()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert ("update", ["self", "msg", "args"], {
+        "current": (inspect.Parameter.KEYWORD_ONLY, None),
+        "increment": (inspect.Parameter.KEYWORD_ONLY, True),
+        "step": (inspect.Parameter.KEYWORD_ONLY, 1),
+        "total": (inspect.Parameter.KEYWORD_ONLY, 100),
+        "state": (inspect.Parameter.KEYWORD_ONLY, "PROGRESS"),
+        "meta": (inspect.Parameter.KEYWORD_ONLY, None),
+    }) == (Observer.update.__name__, list(signature.parameters)[:3], options)
+
+
+def test_update_rejects_an_unknown_keyword_like_a_plain_function() -> None:
+    """A misspelt option is the caller's bug: a TypeError naming it, as Python gives, before
+    anything is recorded (the position does not move)."""
+    observer = Observer(None)
+    observer.update("a", current=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'curent'"):
+        observer.update("b", curent=5)  # type: ignore[call-arg]
+    assert (3, "PROGRESS") == (observer.pos, observer.update("c", increment=False)[0])
+
+
+def test_update_with_and_without_options_agree() -> None:
+    """The no-options fast path gives what the same call with every default spelt out gives,
+    below 100, at 100 and past it, and from a float position."""
+    fast, spelt = Observer(None), Observer(None)
+    for start in (0, 98, 99, 150, 2.5):
+        fast.pos = spelt.pos = start
+        for _ in range(3):
+            assert fast.update("x") == spelt.update(
+                "x", current=None, increment=True, step=1, total=100, state="PROGRESS",
+                meta=None)
