@@ -1375,7 +1375,8 @@ def profile_hot_paths(seconds: float, log_dir: Path) -> dict[str, Any]:
         subprocess.run(command, cwd=REPO, env=_child_env(), capture_output=True, timeout=300)
         stacks = _read_raw(raw)
         # only the samples inside the measured call, not imports or the receiver's threads
-        marker = {"section": ("Section.__enter__", "Section.__exit__"),
+        marker = {"section": ("Section._enter", "Section._exit", "Section.__enter__",
+                              "Section.__exit__"),
                   "notify": ("TaskUpdater.notify",), "observer": ("Observer.update",),
                   "advance": ("_advancer.<locals>.advance", "TaskUpdater.advance")}[what]
         inside = {s: c for s, c in stacks.items() if any(m in s for m in marker)}

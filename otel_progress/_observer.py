@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 from otel_progress import _celery, _publish, _spans
@@ -342,6 +343,11 @@ def _public_update() -> None:
     fn: Any = Observer._update
     fn.__name__ = "update"
     fn.__qualname__ = "Observer.update"
+    # tracebacks and profilers read the code object's names
+    names = {"co_name": "update"}
+    if sys.version_info >= (3, 11):
+        names["co_qualname"] = "Observer.update"
+    fn.__code__ = fn.__code__.replace(**names)
     params = inspect.signature(fn).parameters
     options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in inspect.signature(_update_options).parameters.values()]
