@@ -142,9 +142,39 @@ class Observer:
         ``msg % args`` is applied only when args are given, so a literal ``%`` is fine.
         Percent is ``current / total`` clamped to 0..100.
         """
-        # The hot path: no span call unless the message changed (the flusher and the run's end
-        # push the progress attributes), identity tests for the defaults before the general
-        # checks, plain compares instead of min()/max(), one dict.
+        run = self._run
+        cur = self._pos
+        if not options and run is not None and cur.__class__ is int:
+            # update(msg), the per-item call: every default, an int position, a run. Straight
+            # code (the general path below gives the same in twice the time): no span call
+            # for a repeated message (the flusher and the run's end push the attributes).
+            try:
+                cur += 1
+                if cur < 100:  # cur * 100.0 / 100 is float(cur) exactly, and rounds to itself
+                    percent = cur + 0.0
+                else:
+                    percent = 100.0
+                    if cur > MAX_INT:
+                        cur = MAX_INT
+                self._pos = cur
+                node = run.node
+                node.current = cur
+                node.total = 100
+                if run.celery_state is not PROGRESS:
+                    run.celery_state = PROGRESS
+                if msg is self._last_msg and not args:
+                    text: str = msg  # type: ignore[assignment]  # `_last_msg` is a str
+                    run.description = self._last_shown
+                    if not run.owns_span and run.ends_on_drop:
+                        _spans.observer_progress(run, None, percent, cur, 100)
+                else:
+                    text = self._message(run, msg, args, percent, cur, 100)
+                return PROGRESS, {"pending": False, "description": text, "current": cur,
+                                  "total": 100, "percent": percent}
+            except Exception as exc:
+                internal_error("Observer.update", exc)
+                return PROGRESS, {"pending": False, "description": safe_str(msg),
+                                  "current": self._pos, "total": 100, "percent": 0.0}
         if options:
             try:
                 parsed = _update_options(**options)
@@ -157,31 +187,17 @@ class Observer:
         else:
             parsed = _DEFAULT_OPTIONS
         try:
-            cur = self._pos
-            if parsed is _DEFAULT_OPTIONS and cur.__class__ is int:
-                # update(msg), the per-item call: every default, an int position. Below 100,
-                # cur * 100.0 / 100 is float(cur) exactly, and rounds to itself.
-                cur += 1
-                if cur < 100:
-                    percent = cur + 0.0
-                else:
-                    percent = 100.0
-                    if cur > MAX_INT:
-                        cur = MAX_INT
-                self._pos = cur
-                total: int | float = 100
-                state = PROGRESS
-                meta = None
-            else:
-                cur, total, percent, state, meta = self._numbers(*parsed)
-            last = self._last_msg
-            repeated = msg is last and not args  # the text it was: nothing to format or show
-            if repeated:
-                text: str = last  # type: ignore[assignment]  # `last` is `msg`: not None
-            elif args or msg.__class__ is not str or len(msg) > MAX_MESSAGE:
-                text = format_message(msg, args)
-            else:
-                text = msg
+            cur, total, percent, state, meta = self._numbers(*parsed)
+            run = self._run or self.run
+            node = run.node
+            node.current = cur
+            node.total = total  # no clock read: the age gauge sees the counters move
+            if meta and isinstance(meta, dict) and state not in _TERMINAL:
+                run.extra = {safe_str(k, 200): v for k, v in list(meta.items())[:50]}
+            if state is not run.celery_state and state != run.celery_state \
+                    and state not in _TERMINAL:
+                run.celery_state = state if state.__class__ is str else PROGRESS
+            text = self._message(run, msg, args, percent, cur, total)
             data: dict[str, Any] = {
                 "pending": False,
                 "description": text,
@@ -189,31 +205,35 @@ class Observer:
                 "total": total,
                 "percent": percent,
             }
-            run = self._run or self.run
             if meta and isinstance(meta, dict):
                 data.update(meta)
-                if state not in _TERMINAL:
-                    run.extra = {safe_str(k, 200): v for k, v in list(meta.items())[:50]}
-            node = run.node
-            node.current = cur
-            node.total = total  # no clock read: the age gauge sees the counters move
-            if state is not run.celery_state and state != run.celery_state \
-                    and state not in _TERMINAL:
-                run.celery_state = state if state.__class__ is str else PROGRESS
-            if repeated or text == last:
-                run.description = self._last_shown
-                if not run.owns_span and run.ends_on_drop:
-                    _spans.observer_progress(run, None, percent, cur, total)
-            else:
-                self._last_msg = text
-                self._last_shown = safe_redacted(text)  # what leaves the process
-                run.description = self._last_shown
-                _spans.observer_progress(run, self._last_shown, percent, cur, total)
             return state, data
         except Exception as exc:
             internal_error("Observer.update", exc)
             return parsed[4], {"pending": False, "description": safe_str(msg),
                                "current": self._pos, "total": 100, "percent": 0.0}
+
+    def _message(self, run: Run, msg: object, args: tuple[object, ...], percent: float,
+                 current: int | float, total: int | float) -> str:
+        """The update's description (``msg % args``); a new one is redacted once, becomes the
+        run's description and an event on the run's span."""
+        last = self._last_msg
+        if msg is last and not args:
+            text: str = last  # type: ignore[assignment]  # `last` is `msg`: not None
+        elif args or msg.__class__ is not str or len(msg) > MAX_MESSAGE:
+            text = format_message(msg, args)
+        else:
+            text = msg  # a str, checked above
+        if text == last:
+            run.description = self._last_shown
+            if not run.owns_span and run.ends_on_drop:
+                _spans.observer_progress(run, None, percent, current, total)
+        else:
+            self._last_msg = text
+            self._last_shown = safe_redacted(text)  # what leaves the process
+            run.description = self._last_shown
+            _spans.observer_progress(run, self._last_shown, percent, current, total)
+        return text
 
     def _numbers(
         self,

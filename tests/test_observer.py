@@ -244,9 +244,15 @@ def test_update_with_and_without_options_agree() -> None:
     """The no-options fast path gives what the same call with every default spelt out gives,
     below 100, at 100 and past it, and from a float position."""
     fast, spelt = Observer(None), Observer(None)
+    calls: list[tuple[object, tuple[object, ...]]] = [
+        ("x", ()), ("x", ()), ("y", ()), ("file %s", ("a.txt",)), ("file %s", ("a.txt",)),
+        ("%d%% done", (5,)), (42, ()), ("y", ()),
+    ]
     for start in (0, 98, 99, 150, 2.5):
         fast.pos = spelt.pos = start
-        for _ in range(3):
-            assert fast.update("x") == spelt.update(
-                "x", current=None, increment=True, step=1, total=100, state="PROGRESS",
-                meta=None)
+        for msg, args in calls:
+            assert fast.update(msg, *args) == spelt.update(
+                msg, *args, current=None, increment=True, step=1, total=100,
+                state="PROGRESS", meta=None)
+            assert (fast.run.description, fast.run.node.current) == (
+                spelt.run.description, spelt.run.node.current)
