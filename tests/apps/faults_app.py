@@ -15,6 +15,7 @@ from celery import Celery
 from otel_progress import TaskUpdater, configure
 from otel_progress.celery import ProgressInstrumentor
 from tests.apps.web_app import wait_gate
+from tests.support.celery_conf import TEST_APP_CONF
 
 QUEUE = "faults"
 
@@ -24,12 +25,7 @@ app.conf.update(
     broker_url=_broker or "memory://",
     result_backend=os.environ.get("OTEL_PROGRESS_TEST_BACKEND_URL") or _broker
     or "cache+memory://",
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
+    **TEST_APP_CONF,
     task_default_queue=QUEUE,
     result_backend_always_retry=True,  # Celery's own result store rides out a Redis restart
     result_backend_max_retries=60,

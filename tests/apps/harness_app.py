@@ -13,6 +13,8 @@ from typing import Any
 
 from celery import Celery, Task
 
+from tests.support.celery_conf import TEST_APP_CONF
+
 REDIS_URL_ENV = "OTEL_PROGRESS_TEST_REDIS_URL"
 
 
@@ -22,12 +24,7 @@ def configure(celery_app: Celery, redis_url: str | None) -> None:
         broker_url=redis_url or "memory://",
         result_backend=redis_url or "cache+memory://",
         task_track_started=True,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        worker_prefetch_multiplier=1,
+        **TEST_APP_CONF,
     )
 
 

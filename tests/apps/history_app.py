@@ -19,6 +19,7 @@ from celery import Celery
 
 from otel_progress import TaskUpdater, configure
 from otel_progress.celery import ProgressInstrumentor
+from tests.support.celery_conf import TEST_APP_CONF
 
 REDIS_URL_ENV = "OTEL_PROGRESS_TEST_REDIS_URL"
 HISTORY_URL_ENV = "OTEL_PROGRESS_TEST_HISTORY_URL"
@@ -31,12 +32,7 @@ _url = os.environ.get(REDIS_URL_ENV)
 app.conf.update(
     broker_url=_url or "memory://",
     result_backend=_url or "cache+memory://",
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
+    **TEST_APP_CONF,
     task_default_queue=QUEUE,
 )
 

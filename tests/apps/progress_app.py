@@ -14,6 +14,7 @@ from celery import Celery, chain, chord, group, shared_task
 
 from otel_progress import Observer, TaskUpdater, configure
 from otel_progress.celery import ProgressInstrumentor
+from tests.support.celery_conf import TEST_APP_CONF
 
 REDIS_URL_ENV = "OTEL_PROGRESS_TEST_REDIS_URL"
 
@@ -22,12 +23,7 @@ _url = os.environ.get(REDIS_URL_ENV)
 app.conf.update(
     broker_url=_url or "memory://",
     result_backend=_url or "cache+memory://",
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
+    **TEST_APP_CONF,
     task_routes={"progress_app.child": {"queue": "B"}},
 )
 if os.environ.get("OTEL_PROGRESS_TEST_BACKEND_URL"):  # a dead result backend (fault test)

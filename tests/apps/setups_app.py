@@ -32,17 +32,13 @@ from celery import Celery, shared_task  # noqa: E402  (after grpc's gevent init 
 
 from otel_progress import TaskUpdater, configure  # noqa: E402
 from otel_progress.celery import ProgressInstrumentor  # noqa: E402
+from tests.support.celery_conf import TEST_APP_CONF  # noqa: E402
 
 app = Celery("setups_app")
 app.conf.update(
     broker_url=os.environ.get("OTEL_PROGRESS_SETUP_BROKER", "memory://"),
     result_backend=BACKEND,
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
+    **TEST_APP_CONF,
     task_default_queue=os.environ.get("OTEL_PROGRESS_SETUP_QUEUE", "celery"),
     task_always_eager=os.environ.get("OTEL_PROGRESS_SETUP_EAGER") == "1",
     task_store_eager_result=True,  # what Celery asks before results are read in eager mode
