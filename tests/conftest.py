@@ -4,11 +4,15 @@ real-process fixtures (Redis, Celery workers, OTLP receivers) from tests/support
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from otel_progress import _publish
 from otel_progress.testing import SpanCapture, capture_spans, set_strict
+
+if TYPE_CHECKING:  # imported by pytest_plugins below: an import here would skip its rewrite
+    from tests.support.redis_server import RedisServer
 
 pytest_plugins = [
     "tests.support.redis_server",
@@ -56,3 +60,13 @@ def spans() -> Iterator[SpanCapture]:
     """Finished spans of the test, in memory."""
     with capture_spans() as capture:
         yield capture
+
+
+@pytest.fixture
+def app(redis_server: RedisServer) -> Any:
+    """``tests.apps.progress_app`` as the producer (this process) sees it, on this session's
+    Redis: the app most worker tests drive (a file testing another app defines its own)."""
+    from tests.apps import progress_app
+
+    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+    return progress_app

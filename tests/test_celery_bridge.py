@@ -27,15 +27,6 @@ APP = "tests.apps.progress_app"
 
 
 @pytest.fixture
-def app(redis_server: RedisServer) -> Any:
-    """The test app as the producer (this process) sees it, on this session's Redis."""
-    from tests.apps import progress_app
-
-    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    return progress_app
-
-
-@pytest.fixture
 def receiver() -> Iterator[OtlpGrpcReceiver]:
     """A real OTLP/gRPC receiver on 127.0.0.1."""
     with OtlpGrpcReceiver() as rec:

@@ -125,15 +125,6 @@ def test_demo_interrupted_midway_stops_its_worker_and_removes_its_files(tmp_path
 
 # --- watch -----------------------------------------------------------------------------------
 @pytest.fixture
-def app(redis_server: RedisServer) -> Any:
-    """The test app as this process sees it, on this session's Redis."""
-    from tests.apps import progress_app
-
-    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    return progress_app
-
-
-@pytest.fixture
 def worker(celery_worker_factory: Callable[..., CeleryWorker]) -> CeleryWorker:
     """A prefork worker (-c 2) on the default queue."""
     return celery_worker_factory(APP, concurrency=2, queues=("celery",),

@@ -26,7 +26,6 @@ from tests.support import ScriptResult, run_python
 from tests.support import otlp_receiver as receivers
 from tests.support.celery_worker import CeleryWorker
 from tests.support.otlp_receiver import Mode, OtlpGrpcReceiver, closed_loopback_port
-from tests.support.redis_server import RedisServer
 
 # The receiver factory fixture, by the name the tests ask for.
 make_otlp_receiver = receivers.make_otlp_receiver
@@ -265,15 +264,6 @@ runs on a loaded 2-core machine; before the fix the hung exit took 8.7-9.5 s aga
 2.3 s, above this bound (7.3 s) still."""
 RECYCLE_MARGIN_S = 4.0
 """More for recycling: billiard replaces an exited child on a timer (up to ~1 s a round)."""
-
-
-@pytest.fixture
-def app(redis_server: RedisServer) -> Any:
-    """The test app as the producer (this process) sees it, on this session's Redis."""
-    from tests.apps import progress_app
-
-    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    return progress_app
 
 
 def _worker_env(receiver: OtlpGrpcReceiver) -> dict[str, str]:

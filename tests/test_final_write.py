@@ -27,14 +27,6 @@ APP = "tests.apps.progress_app"
 
 
 @pytest.fixture
-def app(redis_server: RedisServer) -> Any:
-    from tests.apps import progress_app
-
-    progress_app.app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-    return progress_app
-
-
-@pytest.fixture
 def worker(celery_worker_factory: Callable[..., CeleryWorker]) -> CeleryWorker:
     """One pool child, so consecutive tasks run in the same process."""
     return celery_worker_factory(APP, concurrency=1, queues=("celery",))
