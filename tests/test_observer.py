@@ -256,3 +256,22 @@ def test_update_with_and_without_options_agree() -> None:
                 state="PROGRESS", meta=None)
             assert (fast.run.description, fast.run.node.current) == (
                 spelt.run.description, spelt.run.node.current)
+
+
+def test_update_typed_signature_and_runtime_options_agree() -> None:
+    """The signature type checkers read (the class's ``TYPE_CHECKING`` ``update``) names the
+    same options, annotations and defaults as the runtime one (``_update_options``)."""
+    import ast
+    import inspect
+
+    from otel_progress import _observer
+
+    tree = ast.parse(inspect.getsource(_observer))
+    stub = next(node for node in ast.walk(tree)
+                if isinstance(node, ast.FunctionDef) and node.name == "update")
+    typed = [(a.arg, ast.unparse(a.annotation) if a.annotation else None,
+              eval(ast.unparse(d), vars(_observer)) if d is not None else None)
+             for a, d in zip(stub.args.kwonlyargs, stub.args.kw_defaults, strict=True)]
+    runtime = [(p.name, p.annotation, p.default)
+               for p in inspect.signature(_observer._update_options).parameters.values()]
+    assert runtime == typed
