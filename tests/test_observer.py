@@ -248,7 +248,7 @@ def test_update_with_and_without_options_agree() -> None:
         ("x", ()), ("x", ()), ("y", ()), ("file %s", ("a.txt",)), ("file %s", ("a.txt",)),
         ("%d%% done", (5,)), (42, ()), ("y", ()),
     ]
-    for start in (0, 98, 99, 150, 2.5):
+    for start in (0, 98, 99, 150, 2.5, 10**15 - 1, 10**400):  # and at the clamp
         fast.pos = spelt.pos = start
         for msg, args in calls:
             assert fast.update(msg, *args) == spelt.update(
@@ -256,6 +256,7 @@ def test_update_with_and_without_options_agree() -> None:
                 state="PROGRESS", meta=None)
             assert (fast.run.description, fast.run.node.current) == (
                 spelt.run.description, spelt.run.node.current)
+            assert fast.pos <= 10**15  # the documented clamp, on both paths
 
 
 def test_update_typed_signature_and_runtime_options_agree() -> None:
