@@ -1769,10 +1769,12 @@ figures.
     come within ~0.1 ms of the hand-written task's, and the task reaches 0.86x–0.88x tasks/s
     and 0.87x–0.89x CPU (1.27x–1.39x celery-progress's tasks/s): the Redis and producer share
     is the history index and the `queued` write.
+    The items below come from the row's per-process split and from one-off in-process
+    measurements (cProfile and timeit scripts, not rows of this file):
     - producer: the `queued` write at publish is one synchronous round trip (DECISIONS 13: a
-      page polling right after `delay()` gets 200 `queued`): `send_task` costs ~1.2 ms of CPU
-      with it against ~0.9 ms without, measured in-process; our own part of it (queued payload,
-      history row, JSON) is ~0.1 ms, the rest is redis-py's round trip;
+      page polling right after `delay()` gets 200 `queued`): `send_task` took ~1.2 ms of CPU
+      with it against ~0.9 ms without; our own part of it (queued payload, history row, JSON)
+      is ~0.1 ms, the rest is redis-py's round trip;
     - Redis: the two history scripts (~55 µs for the new row at publish, ~70 µs for the merge at
       the end, `INFO commandstats`; a `SET` is 2.4 µs here) and the extra command at publish;
     - worker: the payload build at the task end (~90–120 µs: section tree, 13 ISO timestamps,
